@@ -1,0 +1,149 @@
+"""Typed, frozen training configuration: optimizer, schedule, regularization, augmentation.
+
+Units: learning rates are the peak rate per step; epochs count passes over the training
+split; probabilities are per batch unless a field says per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["cosine", "onecycle", "step", "cosine_restarts", "constant"]
+AutoAugment = Literal["none", "autoaugment", "trivialaugment"]
+WeightAveraging = Literal["none", "ema", "swa"]
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+SCHEDULES: tuple[str, ...] = ("cosine", "onecycle", "step", "cosine_restarts", "constant")
+AUTO_AUGMENTS: tuple[str, ...] = ("none", "autoaugment", "trivialaugment")
+WEIGHT_AVERAGINGS: tuple[str, ...] = ("none", "ema", "swa")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Whole-batch augmentation, applied on the training device."""
+
+    crop_padding: int = 4  # random crop after reflect-padding by this many pixels; 0 = off
+    flip_p: float = 0.5  # per-image probability of a horizontal flip
+    auto_augment: AutoAugment = "none"  # torchvision policy applied to uint8 images
+    brightness: float = 0.0  # color jitter strength, as torchvision's ColorJitter; 0 = off
+    contrast: float = 0.0
+    saturation: float = 0.0
+    grayscale_p: float = 0.0  # per-image probability of converting to grayscale
+    autocontrast_p: float = 0.0  # per-image probability of autocontrast
+    cutout_size: int = 0  # side in pixels of one zeroed square per image; 0 = off
+    erasing_p: float = 0.0  # per-image probability of random erasing
+    erasing_scale: tuple[float, float] = (0.02, 0.33)  # erased area as a fraction of the image
+    mixup_p: float = 0.0  # per-batch probability of mixup
+    mixup_alpha: float = 1.0  # Beta(alpha, alpha) for the mixup weight
+    cutmix_p: float = 0.0  # per-batch probability of cutmix (tried when mixup was not applied)
+    cutmix_alpha: float = 1.0  # Beta(alpha, alpha) for the cutmix area
+    mix_until: float = 1.0  # mixup/cutmix apply during this fraction of the epochs
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("flip_p", "grayscale_p", "autocontrast_p", "erasing_p", "mixup_p", "cutmix_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                problems.append(f"{name}={p} must be in [0, 1]")
+        if self.auto_augment not in AUTO_AUGMENTS:
+            problems.append(
+                f"auto_augment={self.auto_augment!r} is not one of {list(AUTO_AUGMENTS)}"
+            )
+        if self.crop_padding < 0 or self.cutout_size < 0:
+            problems.append("crop_padding and cutout_size must be >= 0")
+        if self.mixup_alpha <= 0 or self.cutmix_alpha <= 0:
+            problems.append("mixup_alpha and cutmix_alpha must be > 0")
+        lo, hi = self.erasing_scale
+        if not 0.0 < lo <= hi < 1.0:
+            problems.append(f"erasing_scale={self.erasing_scale} must satisfy 0 < min <= max < 1")
+        if problems:
+            raise ValueError("invalid AugmentConfig: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 512  # training images per optimizer step
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.2  # peak learning rate (after warm-up)
+    momentum: float = 0.9  # SGD momentum; AdamW uses it as beta1
+    nesterov: bool = True  # SGD only
+    weight_decay: float = 5e-4  # decoupled for AdamW, L2 for SGD
+    lookahead_k: int = 0  # Lookahead: sync slow weights every k steps; 0 = off
+    lookahead_alpha: float = 0.5  # Lookahead: slow weights move this fraction toward fast ones
+    schedule: Schedule = "cosine"
+    warmup_epochs: float = 1.0  # linear warm-up from ~0 to lr (ignored by onecycle)
+    onecycle_pct_start: float = 0.25  # fraction of steps rising to lr (onecycle only)
+    step_epochs: int = 30  # step schedule: multiply lr by step_gamma every step_epochs
+    step_gamma: float = 0.1
+    restart_epochs: int = 10  # cosine_restarts: first period in epochs (T_0)
+    restart_mult: int = 2  # cosine_restarts: period growth factor (T_mult)
+    label_smoothing: float = 0.0
+    grad_clip_value: float = 0.0  # clamp every gradient element to +-value; 0 = off
+    grad_clip_norm: float = 0.0  # rescale gradients to this global L2 norm; 0 = off
+    weight_averaging: WeightAveraging = "none"
+    ema_decay: float = 0.999  # per-step decay of the EMA weights
+    swa_start: float = 0.75  # SWA averages from this fraction of the epochs on
+    swa_lr: float = 0.0  # SWA learning rate; 0 = keep the schedule's
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tta_flip: bool = True  # evaluate on the image and its mirror, average the logits
+    eval_batch_size: int = 1024
+    val_size: int = 5000  # training images held out for validation (stratified)
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # channels_last memory format on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs={self.epochs} must be >= 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            problems.append("batch_size and eval_batch_size must be >= 1")
+        if self.lr <= 0:
+            problems.append(f"lr={self.lr} must be > 0")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer={self.optimizer!r} is not one of {list(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
+        if self.weight_averaging not in WEIGHT_AVERAGINGS:
+            problems.append(
+                f"weight_averaging={self.weight_averaging!r} is not one of {list(WEIGHT_AVERAGINGS)}"
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.val_size < 0:
+            problems.append(f"val_size={self.val_size} must be >= 0")
+        if self.lookahead_k < 0:
+            problems.append(f"lookahead_k={self.lookahead_k} must be >= 0")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; valid fields: {sorted(known)}")
+        values = dict(data)
+        if isinstance(values.get("augment"), dict):
+            aug = dict(values["augment"])
+            if "erasing_scale" in aug:
+                aug["erasing_scale"] = tuple(aug["erasing_scale"])
+            values["augment"] = AugmentConfig(**aug)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """Copy with changes; keys prefixed `augment.` change the augmentation config."""
+        aug_changes = {
+            k.split(".", 1)[1]: v for k, v in changes.items() if k.startswith("augment.")
+        }
+        plain = {k: v for k, v in changes.items() if not k.startswith("augment.")}
+        if aug_changes:
+            plain["augment"] = replace(plain.get("augment", self.augment), **aug_changes)
+        return replace(self, **plain)
