@@ -1,0 +1,456 @@
+"""The training loop: one plain function, no Ray, the same from the CLI, a test or a trial.
+
+    result = train(arch, cfg, splits, report=callback)
+
+Why it looks like this:
+- The training images stay on the device as uint8 and every batch is gathered by index
+  and augmented there, so no DataLoader, worker process or host copy sits in the step.
+- Losses and accuracies accumulate in device tensors; the host reads them once an epoch.
+  Nothing in the step loop waits for the device (no `.item()`), except the optional
+  AutoAugment policies, which torchvision implements with host-side randomness.
+- All randomness comes from one seeded device generator (shuffles, augmentation, mixing)
+  plus torch's global RNG (dropout); both are checkpointed, so a resumed run continues
+  exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import swa_utils
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
+    LambdaLR,
+    LinearLR,
+    LRScheduler,
+    OneCycleLR,
+    SequentialLR,
+    StepLR,
+)
+
+from models import ArchConfig, ResNet, count_params
+from training.artifacts import code_version
+from training.augment import augment_batch, flip_tta_logits, mix_batch, normalize
+from training.config import TrainConfig
+from training.data import ImageSet
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run cannot recover."""
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: ImageSet  # what the optimizer sees
+    val: ImageSet | None = None  # selection metric, evaluated every epoch
+    test: ImageSet | None = None  # evaluated once, at the end, for reporting only
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the weights to predict with (averaged weights when EMA/SWA is on)
+    metrics: dict[str, Any]  # final metrics: val/test accuracy and loss, params, seconds...
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda was asked for, but no CUDA GPU is visible; use --device cpu"
+        )
+    return device
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device):
+    # Fused kernels update all parameters in one launch on CUDA; on CPU foreach is the fast path.
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+            **fused,
+        )
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(cfg.momentum, 0.999),
+        weight_decay=cfg.weight_decay,
+        **fused,
+    )
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> LRScheduler:
+    """A per-step schedule; epoch-valued settings are converted to steps."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.onecycle_pct_start
+        )
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    rest = total - warmup
+    if cfg.schedule == "cosine":
+        main: LRScheduler = CosineAnnealingLR(optimizer, T_max=rest)
+    elif cfg.schedule == "step":
+        main = StepLR(optimizer, step_size=cfg.step_epochs * steps_per_epoch, gamma=cfg.step_gamma)
+    elif cfg.schedule == "cosine_restarts":
+        main = CosineAnnealingWarmRestarts(
+            optimizer, T_0=cfg.restart_epochs * steps_per_epoch, T_mult=cfg.restart_mult
+        )
+    else:
+        main = LambdaLR(optimizer, lambda _: 1.0)
+    if warmup <= 0:
+        return main
+    ramp = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup)
+    return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+class Lookahead:
+    """Lookahead (Zhang et al., 2019): slow weights move `alpha` toward the fast weights
+    every `k` optimizer steps, and the fast weights restart from them. torch has no
+    Lookahead, so this keeps the slow copy beside any optimizer."""
+
+    def __init__(self, params: list[torch.Tensor], k: int, alpha: float) -> None:
+        self.params, self.k, self.alpha = params, k, alpha
+        self.slow = [p.detach().clone() for p in params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps % self.k:
+            return
+        torch._foreach_lerp_(self.slow, [p.detach() for p in self.params], self.alpha)
+        torch._foreach_copy_([p.data for p in self.params], self.slow)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"slow": self.slow, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch._foreach_copy_(self.slow, state["slow"])
+        self.steps = state["steps"]
+
+
+def _make_averager(model: nn.Module, cfg: TrainConfig) -> swa_utils.AveragedModel | None:
+    if cfg.weight_averaging == "ema":
+        return swa_utils.AveragedModel(
+            model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+    if cfg.weight_averaging == "swa":
+        return swa_utils.AveragedModel(model)
+    return None
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 1024,
+    tta_flip: bool = False,
+    device: torch.device | None = None,
+    bf16: bool = True,
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """Float32 logits (N, classes) for uint8 images (N, 3, 32, 32), in large batches."""
+    device = device or next(model.parameters()).device
+    cuda = device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start : start + batch_size].to(device, non_blocking=True))
+        if cuda and channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and bf16):
+            logits = flip_tta_logits(model, x) if tta_flip else model(x)
+        out.append(logits.float())
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, 0, device=device)
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module, data: ImageSet, cfg: TrainConfig, device: torch.device
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a labeled set."""
+    logits = predict_logits(
+        model,
+        data.images,
+        batch_size=cfg.eval_batch_size,
+        tta_flip=cfg.tta_flip,
+        device=device,
+        bf16=cfg.bf16,
+        channels_last=cfg.channels_last,
+    )
+    labels = data.labels.to(device)
+    loss = F.cross_entropy(logits, labels).item()
+    acc = (logits.argmax(1) == labels).float().mean().item()
+    return loss, acc
+
+
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped (see `checkpoint`)."""
+
+    def __init__(self, arch: ArchConfig, cfg: TrainConfig, device: torch.device, steps: int):
+        self.arch, self.cfg, self.device = arch, cfg, device
+        self.params = count_params(arch)
+        self.model = ResNet(arch).to(device)
+        if device.type == "cuda" and cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _make_optimizer(self.model, cfg, device)
+        self.scheduler = _make_scheduler(self.optimizer, cfg, steps)
+        self.lookahead = (
+            Lookahead(list(self.model.parameters()), cfg.lookahead_k, cfg.lookahead_alpha)
+            if cfg.lookahead_k
+            else None
+        )
+        self.averager = _make_averager(self.model, cfg)
+        self.swa_scheduler = (
+            swa_utils.SWALR(self.optimizer, swa_lr=cfg.swa_lr)
+            if cfg.weight_averaging == "swa" and cfg.swa_lr > 0
+            else None
+        )
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(cfg.seed)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, float]] = []
+        self.elapsed = 0.0  # training seconds over all epochs, across resumes
+
+    @property
+    def averaging_started(self) -> bool:
+        if self.averager is None:
+            return False
+        if self.cfg.weight_averaging == "ema":
+            return True
+        return self.epoch > self.swa_start_epoch
+
+    @property
+    def swa_start_epoch(self) -> int:
+        return max(0, math.floor(self.cfg.swa_start * self.cfg.epochs))
+
+    def inference_model(self) -> nn.Module:
+        return self.averager.module if self.averaging_started else self.model
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A dict of tensors and plain data, loadable with torch.load(weights_only=True)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "arch": self.arch.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "params": self.params,
+            "seed": self.cfg.seed,
+            "code_version": code_version(),
+            "model": self.model.state_dict(),
+            # The averaged weights, when they are what predictions should use; else None.
+            "inference_model": (
+                self.averager.module.state_dict() if self.averaging_started else None
+            ),
+            "averager": self.averager.state_dict() if self.averager else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+            "rng": {
+                "generator": self.generator.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            },
+            "history": self.history,
+            "elapsed": self.elapsed,
+        }
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT}")
+        if ckpt["arch"] != self.arch.to_dict():
+            raise ValueError("checkpoint was written for a different architecture")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.averager and ckpt["averager"] is not None:
+            self.averager.load_state_dict(ckpt["averager"])
+        if self.swa_scheduler and ckpt["swa_scheduler"] is not None:
+            self.swa_scheduler.load_state_dict(ckpt["swa_scheduler"])
+        if self.lookahead and ckpt["lookahead"] is not None:
+            self.lookahead.load_state_dict(ckpt["lookahead"])
+        self.generator.set_state(ckpt["rng"]["generator"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if self.device.type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.epoch = ckpt["epoch"]
+        self.history = list(ckpt["history"])
+        self.elapsed = float(ckpt.get("elapsed", 0.0))
+
+
+EpochCallback = Callable[[dict[str, float], TrainState], None]
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index batches covering one epoch; a trailing partial batch is dropped
+    (unless it would be the only one) so every step has the same shape."""
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    steps = max(1, n // batch_size)
+    for step in range(steps):
+        yield order[step * batch_size : (step + 1) * batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size)
+
+
+def train(
+    arch: ArchConfig,
+    cfg: TrainConfig,
+    splits: DataSplits,
+    *,
+    report: EpochCallback | None = None,
+    device: str | torch.device = "auto",
+    resume: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `arch` with `cfg` on `splits.train`; call `report(metrics, state)` every epoch.
+
+    `resume` is a checkpoint dict from `TrainState.checkpoint()` (e.g. loaded with
+    `training.checkpoint.load_checkpoint`); training continues from its epoch.
+    """
+    device = resolve_device(device)
+    train_set = splits.train.to(device)
+    if train_set.labels is None:
+        raise ValueError("the training set has no labels")
+    n = len(train_set)
+    if n == 0:
+        raise ValueError("the training set is empty")
+    steps = steps_per_epoch(n, cfg.batch_size)
+    num_classes = arch.num_classes
+
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    state = TrainState(arch, cfg, device, steps)
+    if resume is not None:
+        state.load(resume)
+    model = state.model
+    step_model: nn.Module = torch.compile(model) if cfg.compile else model
+    cuda = device.type == "cuda"
+    mix_epochs = math.floor(cfg.augment.mix_until * cfg.epochs)
+
+    while state.epoch < cfg.epochs:
+        epoch = state.epoch  # 0-based index of the epoch being trained
+        model.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        in_swa = state.cfg.weight_averaging == "swa" and epoch >= state.swa_start_epoch
+        for index in _batches(n, cfg.batch_size, state.generator):
+            images = augment_batch(train_set.images[index], cfg.augment, state.generator)
+            x = normalize(images)
+            if cuda and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            labels = train_set.labels[index]
+            x, targets = mix_batch(
+                x, labels, num_classes, cfg.augment, state.generator, active=epoch < mix_epochs
+            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
+                logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip_value > 0:
+                nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
+            if cfg.grad_clip_norm > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm, foreach=True)
+            state.optimizer.step()
+            if state.lookahead:
+                state.lookahead.step()
+            if in_swa and state.swa_scheduler:
+                state.swa_scheduler.step()
+            else:
+                state.scheduler.step()
+            if cfg.weight_averaging == "ema":
+                state.averager.update_parameters(model)
+            loss_sum += loss.detach() * len(index)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += len(index)
+        if in_swa:
+            state.averager.update_parameters(model)
+
+        train_loss = loss_sum.item() / seen  # the epoch's one host synchronisation
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(
+                f"training loss became {train_loss} in epoch {epoch + 1}; lower the learning "
+                f"rate (now {cfg.lr}) or enable gradient clipping"
+            )
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        state.elapsed += seconds
+        state.epoch = epoch + 1
+        if cfg.weight_averaging == "swa" and state.averaging_started:
+            _update_bn(state.averager, train_set, cfg, device)
+        metrics: dict[str, float] = {
+            "epoch": state.epoch,
+            "train_loss": train_loss,
+            "train_acc": correct.item() / seen,
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "images_per_sec": seen / seconds,
+            "epoch_seconds": seconds,
+            "train_seconds": state.elapsed,
+            "params": state.params,
+        }
+        if splits.val is not None and len(splits.val):
+            metrics["val_loss"], metrics["val_acc"] = evaluate(
+                state.inference_model(), splits.val, cfg, device
+            )
+        state.history.append(metrics)
+        if report is not None:
+            report(metrics, state)
+
+    final_model = state.inference_model()
+    final: dict[str, Any] = {
+        "epochs": state.epoch,
+        "params": state.params,
+        "seconds": state.elapsed,
+        "seed": cfg.seed,
+        "device": str(device),
+        "code_version": code_version(),
+    }
+    for name, split in (("val", splits.val), ("test", splits.test)):
+        if split is not None and len(split) and split.labels is not None:
+            final[f"{name}_loss"], final[f"{name}_acc"] = evaluate(final_model, split, cfg, device)
+    if state.history:
+        final["train_loss"] = state.history[-1]["train_loss"]
+        final["train_acc"] = state.history[-1]["train_acc"]
+    return TrainResult(model=final_model, metrics=final, history=state.history)
+
+
+@torch.no_grad()
+def _update_bn(
+    averager: swa_utils.AveragedModel, data: ImageSet, cfg: TrainConfig, device: torch.device
+) -> None:
+    """Recompute BatchNorm statistics for SWA weights (torch's update_bn over plain batches)."""
+    batches = (
+        normalize(data.images[i : i + cfg.eval_batch_size])
+        for i in range(0, len(data), cfg.eval_batch_size)
+    )
+    # update_bn resets the running stats and runs forward passes; it restores train/eval mode.
+    swa_utils.update_bn(batches, averager, device=device)

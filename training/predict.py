@@ -1,0 +1,81 @@
+"""Predict labels with a trained checkpoint.
+
+    python -m training.predict --checkpoint runs/x/checkpoint.pt \\
+        --input cifar_test_nolabel.pkl --out predictions.csv [--tta]
+
+--input is a Kaggle-style unlabeled pickle (b'data', b'ids'), or any labeled CIFAR-10
+dataset the trainer reads (its test split is predicted and the accuracy printed).
+Writes a CSV with the header `ID,Labels`, one row per id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from training.artifacts import atomic_write, write_json
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.data import DataError, ImageSet, load_images
+from training.loop import predict_logits, resolve_device
+
+
+def predict_labels(
+    model: torch.nn.Module, images: ImageSet, *, tta_flip: bool, device: torch.device
+) -> torch.Tensor:
+    logits = predict_logits(model, images.images, tta_flip=tta_flip, device=device)
+    return logits.argmax(1).cpu()
+
+
+def write_predictions(
+    path: str | Path, ids: torch.Tensor, labels: torch.Tensor, meta: dict
+) -> Path:
+    """The `ID,Labels` CSV, plus a JSON sidecar (same name, .json) with the run's metadata."""
+    frame = pd.DataFrame({"ID": ids.cpu().numpy(), "Labels": labels.cpu().numpy()})
+    path = Path(path)
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    write_json(path.with_suffix(path.suffix + ".json"), meta)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m training.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--input", required=True, help="unlabeled pickle or labeled dataset")
+    p.add_argument("--out", required=True, type=Path, help="CSV to write (ID,Labels)")
+    p.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = p.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        ckpt = load_checkpoint(args.checkpoint, map_location=device)
+        images = load_images(args.input)
+    except (CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model = model_from_checkpoint(ckpt, device)
+    labels = predict_labels(model, images, tta_flip=args.tta, device=device)
+    meta = {
+        "checkpoint": str(args.checkpoint),
+        "input": str(args.input),
+        "tta_flip": args.tta,
+        "images": len(images),
+        **{k: ckpt[k] for k in ("arch", "train_config", "params", "seed", "code_version")},
+    }
+    if images.labels is not None:
+        meta["accuracy"] = (labels == images.labels).float().mean().item()
+        print(f"accuracy {meta['accuracy']:.2%} on {len(images):,} labeled images")
+    write_predictions(args.out, images.ids, labels, meta)
+    print(f"wrote {len(images):,} predictions to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
