@@ -1,7 +1,7 @@
 """Per-stage summary of a registered model.
 
-    python -m models.summary efficient_resnet
-    python -m models.summary --list
+python -m models.summary efficient_resnet
+python -m models.summary --list
 """
 
 from __future__ import annotations

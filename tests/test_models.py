@@ -13,7 +13,8 @@ from models import (
     list_models,
     stage_param_counts,
 )
-from models.summary import format_model_list, format_summary, main as summary_main
+from models.summary import format_model_list, format_summary
+from models.summary import main as summary_main
 
 # What each seed report's code printed (../shared/seeds/README.md).
 SEED_COUNTS = {

@@ -52,11 +52,11 @@ def make_splits(
 ) -> DataSplits:
     """Carve the seeded, stratified validation split out of the training images."""
     sizes = subset_sizes(subset, cfg, len(data.test))
-    train_set, val_set = split_train_val(data.train, cfg.val_size, seed=seed)
+    val_size = cfg.val_size if sizes is None else sizes.val
+    train_set, val_set = split_train_val(data.train, val_size, seed=seed)
     test_set = data.test
     if sizes is not None:
         train_set = subset_stratified(train_set, min(sizes.train, len(train_set)), seed)
-        val_set = subset_stratified(val_set, min(sizes.val, len(val_set)), seed)
         test_set = subset_stratified(test_set, sizes.test, seed)
     return DataSplits(train=train_set, val=val_set, test=test_set)
 

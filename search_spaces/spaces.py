@@ -1,0 +1,170 @@
+"""The search spaces, by name. Each is declared once: a define-by-run `suggest` function
+(categorical choices list the cheapest option first) and a `build` function.
+"""
+
+from __future__ import annotations
+
+from models import SEED_MODELS, ArchConfig, StageSpec, get_arch
+from search_spaces.base import Params, SearchSpace, Suggester, round_channels
+from training.config import AugmentConfig, TrainConfig
+from training.recipes import get_recipe
+
+# --- efficient_resnet: the default space, around the seed reports' networks.
+
+
+def _suggest_efficient(t: Suggester) -> None:
+    stages = t.suggest_categorical("num_stages", [3, 4])
+    t.suggest_int("stem_channels", 16, 96, log=True)
+    for i in range(stages):
+        t.suggest_int(f"blocks_{i}", 1, 5)
+        t.suggest_int(f"channels_{i}", 16, 512, log=True)
+    t.suggest_categorical("block", ["basic", "preact"])
+    t.suggest_categorical("activation", ["relu", "silu", "mish", "gelu", "elu"])
+    if t.suggest_categorical("se", [False, True]):
+        t.suggest_categorical("se_reduction", [16, 8, 4])
+        t.suggest_categorical("se_placement", ["branch", "output"])
+    t.suggest_float("block_dropout", 0.0, 0.3)
+    t.suggest_float("head_dropout", 0.0, 0.5)
+
+    if t.suggest_categorical("optimizer", ["sgd", "adamw"]) == "sgd":
+        t.suggest_float("sgd_lr", 0.01, 1.0, log=True)
+        t.suggest_float("sgd_weight_decay", 1e-5, 2e-3, log=True)
+        t.suggest_categorical("momentum", [0.9, 0.85, 0.95])
+        t.suggest_categorical("nesterov", [True, False])
+    else:
+        t.suggest_float("adamw_lr", 1e-4, 1e-2, log=True)
+        t.suggest_float("adamw_weight_decay", 1e-3, 0.3, log=True)
+    t.suggest_categorical("batch_size", [128, 256, 512, 1024])
+    if t.suggest_categorical("schedule", ["cosine", "onecycle", "step"]) != "onecycle":
+        t.suggest_float("warmup_epochs", 0.0, 3.0)
+    t.suggest_float("label_smoothing", 0.0, 0.2)
+    t.suggest_float("mixup_p", 0.0, 0.5)
+    t.suggest_float("mixup_alpha", 0.2, 1.0)
+    t.suggest_float("cutmix_p", 0.0, 0.5)
+    t.suggest_float("cutmix_alpha", 0.5, 1.0)
+    t.suggest_float("erasing_p", 0.0, 0.5)
+    t.suggest_categorical("trivial_augment", [False, True])
+    t.suggest_categorical("ema", [False, True])
+    t.suggest_categorical("grad_clip_norm", [0.0, 1.0, 5.0])
+
+
+def _build_efficient(p: Params) -> tuple[ArchConfig, TrainConfig]:
+    n = p["num_stages"]
+    arch = ArchConfig(
+        stages=tuple(
+            StageSpec(p[f"blocks_{i}"], round_channels(p[f"channels_{i}"]), 1 if i == 0 else 2)
+            for i in range(n)
+        ),
+        stem_channels=round_channels(p["stem_channels"]),
+        block=p["block"],
+        activation=p["activation"],
+        se=p["se"],
+        se_reduction=p.get("se_reduction", 16),
+        se_placement=p.get("se_placement", "branch"),
+        block_dropout=p["block_dropout"],
+        head_dropout=p["head_dropout"],
+        # Pre-activation blocks feed the shortcut an already normalized input.
+        shortcut="conv1x1" if p["block"] == "preact" else "conv1x1_bn",
+    )
+    opt = p["optimizer"]
+    cfg = TrainConfig(
+        optimizer=opt,
+        lr=p[f"{opt}_lr"],
+        weight_decay=p[f"{opt}_weight_decay"],
+        momentum=p.get("momentum", 0.9),
+        nesterov=p.get("nesterov", False),
+        batch_size=p["batch_size"],
+        schedule=p["schedule"],
+        warmup_epochs=p.get("warmup_epochs", 0.0),
+        label_smoothing=p["label_smoothing"],
+        grad_clip_norm=p["grad_clip_norm"],
+        weight_averaging="ema" if p["ema"] else "none",
+        augment=AugmentConfig(
+            mixup_p=p["mixup_p"],
+            mixup_alpha=p["mixup_alpha"],
+            cutmix_p=p["cutmix_p"],
+            cutmix_alpha=p["cutmix_alpha"],
+            erasing_p=p["erasing_p"],
+            auto_augment="trivialaugment" if p["trivial_augment"] else "none",
+        ),
+    )
+    return arch, cfg
+
+
+# --- seeds: the five reports' networks with their own recipes, as fixed trials.
+
+
+def _suggest_seed(t: Suggester) -> None:
+    t.suggest_categorical("preset", sorted(SEED_MODELS.values()))
+
+
+def _build_seed(p: Params) -> tuple[ArchConfig, TrainConfig]:
+    return get_arch(p["preset"]), get_recipe(p["preset"])
+
+
+# --- tiny: a few thousand parameters, for CPU smoke runs and tests.
+
+
+def _suggest_tiny(t: Suggester) -> None:
+    stages = t.suggest_int("num_stages", 1, 2)
+    for i in range(stages):
+        t.suggest_int(f"channels_{i}", 8, 32, step=8)
+    t.suggest_categorical("activation", ["relu", "silu"])
+    t.suggest_categorical("se", [False, True])
+    t.suggest_float("lr", 0.01, 0.3, log=True)
+    t.suggest_categorical("batch_size", [32, 64])
+
+
+def _build_tiny(p: Params) -> tuple[ArchConfig, TrainConfig]:
+    arch = ArchConfig(
+        stages=tuple(
+            StageSpec(1, p[f"channels_{i}"], 1 if i == 0 else 2) for i in range(p["num_stages"])
+        ),
+        stem_channels=8,
+        activation=p["activation"],
+        se=p["se"],
+        se_reduction=4,
+    )
+    cfg = get_recipe("smoke", lr=p["lr"], batch_size=p["batch_size"])
+    return arch, cfg
+
+
+SPACES: dict[str, SearchSpace] = {
+    space.name: space
+    for space in (
+        SearchSpace(
+            "efficient_resnet",
+            "3-4 stages of 1-5 blocks, widths, SE, dropout, activation, block kind, "
+            "plus optimizer, schedule, regularization and augmentation (the default)",
+            _suggest_efficient,
+            _build_efficient,
+        ),
+        SearchSpace(
+            "seeds",
+            "the five seed reports' networks with their own recipes: the baselines",
+            _suggest_seed,
+            _build_seed,
+            fixed_trials=tuple({"preset": name} for name in sorted(SEED_MODELS.values())),
+        ),
+        SearchSpace(
+            "tiny",
+            "1-2 stages of 8-32 channels and a learning rate: CPU smoke runs and tests",
+            _suggest_tiny,
+            _build_tiny,
+        ),
+    )
+}
+
+
+def list_spaces() -> list[str]:
+    return list(SPACES)
+
+
+def get_space(name: str) -> SearchSpace:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown search space {name!r}; valid spaces: {', '.join(SPACES)} "
+            "(python -m tune.search --list-spaces describes them)"
+        ) from None

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny synthetic CIFAR-like data that a small network can learn quickly."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import ImageSet
+
+# The tensors here are tiny: one thread avoids OpenMP spin-waiting against other processes
+# (Ray workers, a second pytest) on a 2-core machine, which made steps 30x slower.
+torch.set_num_threads(1)
+
+
+def separable_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, 3, 32, 32) images whose class sets the mean colour of the whole image
+    (so crops, flips and cutout keep it), plus noise; labels cycle through 0..9."""
+    palette = np.random.default_rng(12345).integers(30, 225, size=(10, 3))
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    noise = rng.normal(0, 12, size=(n, 3, 32, 32))
+    images = palette[labels][:, :, None, None] + noise
+    return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def separable_set(n: int, seed: int = 0) -> ImageSet:
+    images, labels = separable_images(n, seed)
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), torch.arange(n))
+
+
+def write_python_batches(root: Path, n_train: int = 200, n_test: int = 100) -> Path:
+    """A cifar-10-batches-py folder of separable images; returns the folder."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    images, labels = separable_images(n_train + n_test)
+    flat = images.reshape(len(images), -1)
+    per_batch = n_train // 5
+    for i in range(5):
+        part = slice(i * per_batch, (i + 1) * per_batch)
+        batch = {b"data": flat[part], b"labels": labels[part].tolist()}
+        (folder / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch))
+    test = {b"data": flat[n_train:], b"labels": labels[n_train:].tolist()}
+    (folder / "test_batch").write_bytes(pickle.dumps(test))
+    return folder
+
+
+@pytest.fixture
+def cifar_batches(tmp_path: Path) -> Path:
+    return write_python_batches(tmp_path / "data")

@@ -1,0 +1,269 @@
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models import get_arch
+from training import predict as predict_cli
+from training import train as train_cli
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.loop import DataSplits, NonFiniteLossError, train
+from training.recipes import get_recipe, list_recipes
+
+from .conftest import separable_images, separable_set
+
+TINY = get_arch("tiny_resnet")
+
+
+def quick_cfg(**changes):
+    return get_recipe("smoke", **changes)
+
+
+def test_loop_learns_a_separable_set():
+    splits = DataSplits(train=separable_set(400, seed=0), val=separable_set(100, seed=1))
+    seen = []
+    result = train(
+        TINY,
+        quick_cfg(epochs=4, batch_size=32, lr=0.1),
+        splits,
+        report=lambda m, s: seen.append(m),
+        device="cpu",
+    )
+    assert [m["epoch"] for m in seen] == [1, 2, 3, 4]
+    assert result.metrics["val_acc"] >= 0.9
+    assert seen[-1]["train_loss"] < seen[0]["train_loss"]
+    assert all(m["images_per_sec"] > 0 and m["params"] == 5266 for m in seen)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"optimizer": "adamw", "lr": 3e-3, "schedule": "onecycle", "label_smoothing": 0.1},
+        {"schedule": "step", "step_epochs": 1, "grad_clip_norm": 1.0, "weight_averaging": "ema"},
+        {
+            "schedule": "cosine_restarts",
+            "restart_epochs": 1,
+            "lookahead_k": 3,
+            "grad_clip_value": 0.1,
+            "weight_averaging": "swa",
+            "swa_start": 0.5,
+            "swa_lr": 0.01,
+        },
+        {
+            "warmup_epochs": 1.0,
+            "augment.mixup_p": 0.5,
+            "augment.cutmix_p": 0.5,
+            "augment.erasing_p": 0.5,
+            "augment.cutout_size": 8,
+            "augment.brightness": 0.2,
+            "augment.auto_augment": "trivialaugment",
+            "tta_flip": True,
+        },
+    ],
+)
+def test_every_optimizer_schedule_and_averaging_runs(changes):
+    splits = DataSplits(train=separable_set(128), val=separable_set(40, seed=1))
+    result = train(TINY, quick_cfg(epochs=2, batch_size=32, **changes), splits, device="cpu")
+    assert result.metrics["epochs"] == 2
+    assert 0.0 <= result.metrics["val_acc"] <= 1.0
+    assert np.isfinite(result.metrics["val_loss"])
+
+
+def test_every_recipe_builds_a_valid_schedule():
+    splits = DataSplits(train=separable_set(40))
+    for name in list_recipes():
+        cfg = get_recipe(name, epochs=1, batch_size=20)
+        assert train(TINY, cfg, splits, device="cpu").metrics["epochs"] == 1
+
+
+def _weights(state_dict):
+    return {k: v.clone() for k, v in state_dict.items()}
+
+
+def test_resume_continues_exactly():
+    splits = DataSplits(train=separable_set(96), val=separable_set(20, seed=1))
+    cfg = quick_cfg(
+        epochs=2,
+        batch_size=32,
+        lookahead_k=2,
+        weight_averaging="ema",
+        **{"augment.cutout_size": 8, "augment.mixup_p": 0.5},
+        label_smoothing=0.1,
+    )
+    straight = train(TINY, cfg, splits, device="cpu")
+
+    saved = {}
+
+    def keep_first(metrics, state):
+        if metrics["epoch"] == 1:
+            saved["ckpt"] = state.checkpoint()
+            raise KeyboardInterrupt  # stop as an interrupted run would
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, cfg, splits, report=keep_first, device="cpu")
+    torch.manual_seed(1234)  # disturb the global RNG: resume must restore it
+    resumed = train(TINY, cfg, splits, device="cpu", resume=saved["ckpt"])
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[1]["train_loss"] == straight.history[1]["train_loss"]
+
+
+def test_nan_loss_stops_with_a_clear_error():
+    splits = DataSplits(train=separable_set(64))
+    with pytest.raises(NonFiniteLossError, match="epoch 1"):
+        train(TINY, quick_cfg(epochs=2, batch_size=32, lr=1e30, momentum=0.0), splits, device="cpu")
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"arch": {}, "model": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def _write_unlabeled(path, n, hwc):
+    images, _ = separable_images(n, seed=3)
+    data = images.transpose(0, 2, 3, 1) if hwc else images.reshape(n, -1)
+    ids = np.arange(1000, 1000 + n)
+    path.write_bytes(pickle.dumps({b"data": data, b"ids": ids}))
+    return ids
+
+
+def test_cli_train_then_predict_round_trip(tmp_path, cifar_batches, capsys):
+    out = tmp_path / "run"
+    rc = train_cli.main(
+        [
+            "--model",
+            "tiny_resnet",
+            "--recipe",
+            "smoke",
+            "--data",
+            str(cifar_batches),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--subset",
+            "160",
+            "--device",
+            "cpu",
+            "--seed",
+            "1",
+            "--batch-size",
+            "16",
+        ]
+    )
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "val_acc",
+        "test_acc",
+        "params",
+        "epochs",
+        "seconds",
+        "arch",
+        "train_config",
+        "seed",
+        "code_version",
+    ):
+        assert key in metrics
+    assert metrics["epochs"] == 3 and metrics["params"] == 5266 and metrics["seed"] == 1
+    assert metrics["sizes"] == {"train": 160, "val": 40, "test": 100}
+    assert "epoch   3/3" in capsys.readouterr().out
+
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 3 and ckpt["params"] == 5266 and ckpt["seed"] == 1
+    assert model_from_checkpoint(ckpt).arch == get_arch("tiny_resnet")
+
+    unlabeled = tmp_path / "cifar_test_nolabel.pkl"
+    ids = _write_unlabeled(unlabeled, 30, hwc=True)
+    csv = tmp_path / "predictions.csv"
+    assert (
+        predict_cli.main(
+            [
+                "--checkpoint",
+                str(out / "checkpoint.pt"),
+                "--input",
+                str(unlabeled),
+                "--out",
+                str(csv),
+                "--tta",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    frame = pd.read_csv(csv)
+    assert list(frame.columns) == ["ID", "Labels"]
+    assert frame["ID"].tolist() == ids.tolist()
+    assert frame["Labels"].between(0, 9).all()
+
+    csv2 = tmp_path / "labeled.csv"
+    assert (
+        predict_cli.main(
+            [
+                "--checkpoint",
+                str(out / "checkpoint.pt"),
+                "--input",
+                str(cifar_batches),
+                "--out",
+                str(csv2),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "accuracy" in capsys.readouterr().out
+    assert len(pd.read_csv(csv2)) == 100
+
+
+def test_cli_resume_finishes_the_run(tmp_path, cifar_batches):
+    out = tmp_path / "run"
+    common = [
+        "--model",
+        "tiny_resnet",
+        "--recipe",
+        "smoke",
+        "--data",
+        str(cifar_batches),
+        "--out",
+        str(out),
+        "--subset",
+        "80",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+    ]
+    assert train_cli.main([*common, "--epochs", "1"]) == 0
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 1
+    # A resumed run keeps the checkpoint's configs, so it is already finished:
+    assert train_cli.main([*common, "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert train_cli.main(["--model", "nope", "--out", str(tmp_path)]) == 2
+    assert "efficient_resnet" in capsys.readouterr().err
+    assert train_cli.main(["--recipe", "nope", "--out", str(tmp_path)]) == 2
+    assert "smoke" in capsys.readouterr().err
+    assert train_cli.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert train_cli.main(["--epochs", "0", "--out", str(tmp_path)]) == 2
