@@ -144,6 +144,12 @@ def tiny_resnet() -> ArchConfig:
     return ArchConfig(stages=stages((1, 8, 1), (1, 16, 2)), stem_channels=8)
 
 
+@register_model
+def small_resnet() -> ArchConfig:
+    """A three-stage 16-32-64 ResNet (~80k parameters): trains in minutes on a CPU."""
+    return ArchConfig(stages=stages((1, 16, 1), (1, 32, 2), (1, 64, 2)), stem_channels=16)
+
+
 # Preset name for each seed report, in report order.
 SEED_MODELS: dict[str, str] = {
     "000": "preact_mish_transformer",

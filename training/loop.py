@@ -148,14 +148,36 @@ class Lookahead:
         self.steps = state["steps"]
 
 
+def _ema_with_warmup(decay: float):
+    """EMA whose decay ramps up as (1 + n) / (10 + n) toward `decay`, so that short runs
+    (a few hundred steps, as in early search trials) are not stuck near the initial weights.
+    The ramp is computed on the device from the step count, with no host synchronisation."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor):
+        if not torch.is_floating_point(averaged[0]):  # e.g. BatchNorm's num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        d = torch.clamp((1.0 + n) / (10.0 + n), max=decay).to(averaged[0].dtype)
+        torch._foreach_mul_(averaged, d)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - d))
+
+    return update
+
+
 def _make_averager(model: nn.Module, cfg: TrainConfig) -> swa_utils.AveragedModel | None:
+    if cfg.weight_averaging == "none":
+        return None
     if cfg.weight_averaging == "ema":
-        return swa_utils.AveragedModel(
-            model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        averager = swa_utils.AveragedModel(
+            model, multi_avg_fn=_ema_with_warmup(cfg.ema_decay), use_buffers=True
         )
-    if cfg.weight_averaging == "swa":
-        return swa_utils.AveragedModel(model)
-    return None
+    else:
+        averager = swa_utils.AveragedModel(model)
+    # AveragedModel compares its step count with 0 on every update; kept on the host, that
+    # comparison does not wait for the GPU.
+    averager.n_averaged = averager.n_averaged.cpu()
+    return averager
 
 
 @torch.no_grad()
