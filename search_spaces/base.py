@@ -29,6 +29,15 @@ CHANNEL_MULTIPLE = 8  # widths are rounded to multiples of this (tensor-core fri
 MIN_CHANNELS = 8
 
 
+# Keys a search adds to every trial's config beside the sampled parameters.
+CONSTANT_KEYS = ("space", "budget", "params", "width_scale", "seed")
+
+
+def raw_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The sampled parameters of a trial's config, without the search's constants."""
+    return {k: v for k, v in config.items() if k not in CONSTANT_KEYS}
+
+
 class BudgetTooSmallError(ValueError):
     """Even the smallest network of a space is over the budget."""
 

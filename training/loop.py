@@ -456,12 +456,14 @@ def train(
         "device": str(device),
         "code_version": code_version(),
     }
-    for name, split in (("val", splits.val), ("test", splits.test)):
-        if split is not None and len(split) and split.labels is not None:
-            final[f"{name}_loss"], final[f"{name}_acc"] = evaluate(final_model, split, cfg, device)
     if state.history:
-        final["train_loss"] = state.history[-1]["train_loss"]
-        final["train_acc"] = state.history[-1]["train_acc"]
+        # The last epoch already evaluated these same weights on the validation split.
+        last = state.history[-1]
+        final.update(
+            {k: last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in last}
+        )
+    if splits.test is not None and len(splits.test) and splits.test.labels is not None:
+        final["test_loss"], final["test_acc"] = evaluate(final_model, splits.test, cfg, device)
     return TrainResult(model=final_model, metrics=final, history=state.history)
 
 

@@ -1,0 +1,272 @@
+"""The search's results as a table, and a report a person would rather look at than read.
+
+Works on plain records (no Ray), so it can be tested and re-run on a finished experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from training.artifacts import atomic_write, code_version, write_text  # noqa: E402
+
+# What the seed reports claimed (../shared/seeds/README.md), selected on the CIFAR-10 test
+# batch and trained on the lossless original: shown for context, not as a measured baseline.
+SEED_REPORTED_ACC = {
+    "preact_mish_transformer": 0.9560,
+    "resnet_stem_se_4322": 0.9695,
+    "se_mish_resnet": 0.9480,
+    "efficient_resnet": 0.9708,
+    "resnet_dropout_3x4": 0.9310,
+}
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    config: dict[str, Any]  # the trial's Ray config: sampled parameters plus constants
+    history: pd.DataFrame  # one row per reported epoch
+    error: str | None = None
+    path: str = ""
+    arch: dict[str, Any] = field(default_factory=dict)  # resolved ArchConfig as a dict
+
+
+def _stages_text(arch: dict[str, Any]) -> str:
+    return " ".join(f"{s['blocks']}x{s['channels']}" for s in arch.get("stages", ()))
+
+
+def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
+    """One row per trial: status, parameter count, accuracies, epochs, time, config."""
+    rows = []
+    for r in records:
+        h = r.history
+        has_val = "val_acc" in h and len(h)
+        epochs = int(h["epoch"].max()) if "epoch" in h and len(h) else 0
+        if r.error:
+            status = "error"
+        elif epochs >= max_epochs:
+            status = "completed"
+        else:
+            status = "stopped_early"
+        row: dict[str, Any] = {
+            "trial_id": r.trial_id,
+            "status": status,
+            "error": r.error or "",
+            "params": int(r.config.get("params") or (h["params"].iloc[-1] if len(h) else 0)),
+            "width_scale": float(r.config.get("width_scale", 1.0)),
+            "seed": int(r.config.get("seed", 0)),
+            "final_val_acc": float(h["val_acc"].iloc[-1]) if has_val else math.nan,
+            "best_val_acc": float(h["val_acc"].max()) if has_val else math.nan,
+            "best_epoch": int(h["epoch"].iloc[int(h["val_acc"].values.argmax())]) if has_val else 0,
+            "epochs_run": epochs,
+            "train_seconds": float(h["train_seconds"].iloc[-1])
+            if "train_seconds" in h and len(h)
+            else 0.0,
+            "images_per_sec": float(h["images_per_sec"].mean())
+            if "images_per_sec" in h and len(h)
+            else 0.0,
+            "stages": _stages_text(r.arch),
+            "path": r.path,
+            "code_version": code_version(),
+        }
+        for key, value in sorted(r.config.items()):
+            row[f"config/{key}"] = (
+                value if isinstance(value, bool | int | float | str) else json.dumps(value)
+            )
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values("best_val_acc", ascending=False, na_position="last")
+    return table.reset_index(drop=True)
+
+
+def write_parquet(path: Path, table: pd.DataFrame, metadata: dict[str, Any]) -> Path:
+    """The table with the experiment's settings in the file's schema metadata."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[b"resnet_tune"] = json.dumps(metadata, default=str).encode()
+    arrow = arrow.replace_schema_metadata(meta)
+    return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
+
+
+def asha_milestones(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    milestones, m = [], grace_period
+    while m < max_t:
+        milestones.append(m)
+        m *= reduction_factor
+    return [*milestones, max_t]
+
+
+def rung_counts(table: pd.DataFrame, milestones: list[int]) -> list[tuple[int, int]]:
+    """(milestone epoch, trials that trained at least that long) for each ASHA rung."""
+    epochs = table["epochs_run"] if len(table) else pd.Series(dtype=int)
+    return [(m, int((epochs >= m).sum())) for m in milestones]
+
+
+def _plot_params_vs_acc(table: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for status, marker in (("completed", "o"), ("stopped_early", "x"), ("error", "s")):
+        part = table[table["status"] == status]
+        if len(part):
+            ax.scatter(
+                part["params"] / 1e6, part["best_val_acc"] * 100, marker=marker, label=status
+            )
+    ax.set_xlabel("trainable parameters (millions)")
+    ax.set_ylabel("best validation accuracy (%)")
+    ax.set_title("Every trial: accuracy against size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def _plot_curves(histories: dict[str, pd.DataFrame], table: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for trial_id in table["trial_id"].head(5):
+        h = histories.get(trial_id)
+        if h is not None and "val_acc" in h:
+            ax.plot(h["epoch"], h["val_acc"] * 100, marker=".", label=trial_id)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Learning curves of the five best trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _plot_rungs(rungs: list[tuple[int, int]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels = [f"epoch {m}" for m, _ in rungs]
+    counts = [n for _, n in rungs]
+    ax.bar(labels, counts)
+    for i, n in enumerate(counts):
+        ax.annotate(str(n), (i, n), ha="center", va="bottom")
+    ax.set_ylabel("trials")
+    ax.set_title("Trials that reached each ASHA rung")
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(
+    exp_dir: Path,
+    table: pd.DataFrame,
+    histories: dict[str, pd.DataFrame],
+    rungs: list[tuple[int, int]],
+    best: dict[str, Any] | None,
+    final: dict[str, Any] | None,
+    baseline: pd.DataFrame | None,
+    settings: dict[str, Any],
+) -> Path:
+    """report.md with its plots beside it."""
+    exp_dir = Path(exp_dir)
+    if len(table):
+        _plot_params_vs_acc(table, exp_dir / "params_vs_acc.png")
+        _plot_curves(histories, table, exp_dir / "curves.png")
+    _plot_rungs(rungs, exp_dir / "rungs.png")
+
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    lines = [
+        f"# Search `{settings.get('name', exp_dir.name)}`: space `{settings.get('space')}`",
+        "",
+        f"{len(table)} trials ({', '.join(f'{n} {s}' for s, n in counts.items()) or 'none'}); "
+        f"budget {settings.get('budget', 0):,} parameters; up to {settings.get('max_epochs')} "
+        f"epochs per trial; seed {settings.get('seed')}; code {code_version()}.",
+        "",
+    ]
+    if settings.get("reduced"):
+        lines += [f"**Reduced run** (no GPU): {settings['reduced']}", ""]
+    if len(table):
+        lines += ["## Accuracy against size", "", "![](params_vs_acc.png)", ""]
+        lines += ["## Learning curves", "", "![](curves.png)", ""]
+    lines += ["## ASHA rungs", "", "![](rungs.png)", ""]
+    lines += ["| rung (epoch) | trials reaching it |", "|---|---|"]
+    lines += [f"| {m} | {n} |" for m, n in rungs]
+    lines.append("")
+    if len(table):
+        top = table.head(10)[
+            [
+                "trial_id",
+                "status",
+                "params",
+                "stages",
+                "best_val_acc",
+                "epochs_run",
+                "train_seconds",
+            ]
+        ]
+        lines += ["## Best trials", "", _markdown_table(top), ""]
+    if best:
+        lines += ["## Best configuration against the seed baselines", ""]
+        lines += _comparison_lines(best, final, baseline)
+    if final:
+        lines += ["## Retrained on train + validation", ""]
+        lines += [
+            f"- test accuracy per seed: {', '.join(f'{a:.2%}' for a in final['test_acc'])}",
+            f"- mean {final['test_acc_mean']:.2%}, std {final['test_acc_std']:.2%}"
+            f" over {len(final['test_acc'])} seed(s), {final['epochs']} epochs each",
+        ]
+        if final.get("ensemble_test_acc") is not None:
+            lines.append(f"- the seeds' averaged predictions: {final['ensemble_test_acc']:.2%}")
+        lines.append("")
+    lines += ["## Files", ""]
+    lines += [
+        "- `trials.parquet`: one row per trial (pandas.read_parquet)",
+        "- `best_config.json`: the chosen configuration",
+        "- `final/`: retrained checkpoints, metrics.json, predictions.csv",
+        f"- TensorBoard: `tensorboard --logdir {exp_dir}`",
+        "",
+    ]
+    return write_text(exp_dir / "report.md", "\n".join(lines))
+
+
+def _comparison_lines(
+    best: dict[str, Any], final: dict[str, Any] | None, baseline: pd.DataFrame | None
+) -> list[str]:
+    rows = [
+        "| | parameters | best validation accuracy | test accuracy (retrained) |",
+        "|---|---|---|---|",
+    ]
+    test = f"{final['test_acc_mean']:.2%}" if final else "not retrained"
+    rows.append(
+        f"| this search's best | {best['params']:,} | {best['best_val_acc']:.2%} | {test} |"
+    )
+    if baseline is not None and len(baseline):
+        b = baseline.iloc[0]
+        rows.append(
+            f"| best seed baseline, same data (`{b.get('config/preset', b['trial_id'])}`) | "
+            f"{int(b['params']):,} | {b['best_val_acc']:.2%} | |"
+        )
+        rows += ["", "Baseline measured by a `--space seeds` search in the same storage folder."]
+    else:
+        rows += [
+            "",
+            "No `--space seeds` experiment was found in the storage folder, so there is no "
+            "measured baseline on this data. The seed reports claimed (on the lossless original, "
+            "selected on the test set): "
+            + ", ".join(f"`{k}` {v:.2%}" for k, v in SEED_REPORTED_ACC.items())
+            + ".",
+        ]
+    return [*rows, ""]

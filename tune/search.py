@@ -1,0 +1,506 @@
+"""Search a space of CIFAR-10 ResNets and recipes under a parameter budget, then retrain
+the best and test it.
+
+    python -m tune.search --space efficient_resnet --data DIR
+
+Ray Tune runs the trials (an embedded local Ray, or a cluster with --address), Optuna
+suggests configurations, ASHA stops weak trials early. The experiment folder
+(STORAGE/NAME) then holds the trials with their TensorBoard logs, trials.parquet,
+best_config.json, final/ (retrained checkpoints, metrics.json, predictions.csv) and
+report.md. Re-running with the same --name (or --resume) continues an interrupted search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# Ray reads these when it is imported; they keep a search quiet and resumable.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our own TensorBoard writer
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved every 5 s
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+from models import DEFAULT_BUDGET  # noqa: E402
+from search_spaces import BudgetTooSmallError, get_space, list_spaces, raw_params  # noqa: E402
+from search_spaces.spaces import SPACES  # noqa: E402
+from training.artifacts import code_version, write_json  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.data import DataError, load_cifar10, load_images  # noqa: E402
+from training.loop import DataSplits  # noqa: E402
+from training.train import make_splits  # noqa: E402
+from tune.results import (  # noqa: E402
+    TrialRecord,
+    asha_milestones,
+    rung_counts,
+    trials_table,
+    write_parquet,
+    write_report,
+)
+
+# What a search without a GPU does unless told otherwise: a few minutes on a laptop CPU.
+REDUCED = {
+    "num_samples": 4,
+    "max_epochs": 2,
+    "grace_period": 1,
+    "retrain_epochs": None,  # None: the trials' max_epochs
+    "retrain_seeds": 1,
+    "subset": 1000,
+}
+FULL = {
+    "num_samples": 64,
+    "max_epochs": 30,
+    "grace_period": 4,
+    "retrain_epochs": None,  # None: the trials' max_epochs
+    "retrain_seeds": 3,
+    "subset": None,
+}
+
+
+class UsageError(ValueError):
+    """A bad command-line input, found before Ray starts."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that defines an experiment; saved in it so a resume reuses it exactly."""
+
+    space: str
+    name: str
+    storage_path: str
+    data: str | None
+    budget: int
+    seed: int
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+    gpus_per_trial: float
+    cpus_per_trial: float
+    retrain_epochs: int
+    retrain_seeds: int
+    subset: int | None
+    predict: str | None
+    reduced: str  # why and how the run was reduced, or ""
+
+    @property
+    def exp_dir(self) -> Path:
+        return Path(self.storage_path) / self.name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tune.search",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--space", default="efficient_resnet", help="search space (see --list-spaces)")
+    a("--list-spaces", action="store_true", help="list the search spaces and exit")
+    a("--data", help="CIFAR-10 folder or archive; omit to download with torchvision")
+    a("--budget", type=int, default=DEFAULT_BUDGET, help="max trainable parameters per model")
+    a("--num-samples", type=int, help="trials to run (64; 4 without a GPU)")
+    a("--max-epochs", type=int, help="epochs of a trial that ASHA never stops (30; 2 without GPU)")
+    a("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped (4; 1)")
+    a("--reduction-factor", type=int, default=2, help="ASHA: keep 1/this many at each rung")
+    a("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (1; 0 on CPU)")
+    a("--cpus-per-trial", type=float, default=1, help="CPUs per trial")
+    a("--address", help="an existing Ray cluster (e.g. 10.0.0.5:6379 or auto)")
+    a("--storage-path", default="experiments", help="local folder or s3:// / gs:// URI")
+    a("--name", help="experiment name (default: SPACE-DATE-TIME); an existing one resumes")
+    a("--resume", action="store_true", help="continue the experiment --name (or the latest)")
+    a("--seed", type=int, default=0, help="seeds the searcher and, derived, every trial")
+    a("--retrain-epochs", type=int, help="epochs of the final retrain (default: --max-epochs)")
+    a("--retrain-seeds", type=int, help="seeds of the final retrain (3; 1 without a GPU)")
+    a("--predict", help="unlabeled pickle (b'data', b'ids') to write final/predictions.csv for")
+    a("--subset", type=int, help="use N training images (1000 without a GPU)")
+    a("--full", action="store_true", help="no reduced run even without a GPU")
+    a("--skip-retrain", action="store_true", help="stop after the search and its report")
+    return p
+
+
+def format_space_list() -> str:
+    width = max(map(len, SPACES))
+    return "\n".join(f"{name:<{width}}  {s.description}" for name, s in SPACES.items())
+
+
+def _latest_experiment(storage: Path, space: str) -> str:
+    candidates = sorted(
+        (p for p in storage.glob(f"{space}-*") if (p / "search_settings.json").exists()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not candidates:
+        raise UsageError(
+            f"--resume: no experiment of space {space!r} in {storage}; pass --name of the "
+            "experiment to continue"
+        )
+    return candidates[-1].name
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Every check that needs no data and no Ray, so a typo fails in a second."""
+    if args.space not in SPACES:
+        raise UsageError(
+            f"unknown search space {args.space!r}; valid spaces: {', '.join(list_spaces())}"
+        )
+    for flag in (
+        "num_samples",
+        "max_epochs",
+        "grace_period",
+        "retrain_epochs",
+        "retrain_seeds",
+        "subset",
+    ):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} is {value}; it must be a positive number")
+    if args.reduction_factor < 2:
+        raise UsageError(f"--reduction-factor is {args.reduction_factor}; it must be at least 2")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial is {args.gpus_per_trial}; it must be 0 or more")
+    if args.data is not None and not Path(args.data).exists():
+        raise UsageError(
+            f"--data {args.data} does not exist; pass a CIFAR-10 folder or archive "
+            "(or omit --data to download CIFAR-10 with torchvision)"
+        )
+    if args.predict is not None and not Path(args.predict).is_file():
+        raise UsageError(f"--predict {args.predict} is not a file; pass an unlabeled pickle")
+    get_space(args.space).check_budget(args.budget)
+
+
+def resolve_settings(args: argparse.Namespace, have_gpu: bool) -> SearchSettings:
+    """Fill the defaults (reduced ones without a GPU); a resumed experiment keeps its own."""
+    storage = args.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    name = args.name
+    if args.resume and name is None:
+        name = _latest_experiment(Path(storage), args.space)
+    if name is None:
+        name = f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    saved = Path(storage) / name / "search_settings.json"
+    if saved.exists():
+        settings = SearchSettings(**json.loads(saved.read_text()))
+        print(f"continuing experiment {settings.exp_dir} with its saved settings", flush=True)
+        return settings
+    if args.resume:
+        raise UsageError(f"--resume: no experiment {name!r} in {storage} to continue")
+
+    defaults = FULL if have_gpu or args.full else REDUCED
+    reduced = ""
+    if defaults is REDUCED:
+        reduced = (
+            "no GPU found, so unset options take small values: "
+            + ", ".join(
+                f"{k.replace('_', '-')} {v}" for k, v in REDUCED.items() if getattr(args, k) is None
+            )
+            + " (pass --full or set them to override)"
+        )
+    pick = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    max_epochs = pick["max_epochs"]
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if have_gpu else 0.0)
+    return SearchSettings(
+        space=args.space,
+        name=name,
+        storage_path=storage,
+        data=str(Path(args.data).resolve()) if args.data else None,
+        budget=args.budget,
+        seed=args.seed,
+        num_samples=pick["num_samples"],
+        max_epochs=max_epochs,
+        grace_period=min(pick["grace_period"], max_epochs),
+        reduction_factor=args.reduction_factor,
+        gpus_per_trial=gpus,
+        cpus_per_trial=args.cpus_per_trial,
+        retrain_epochs=pick["retrain_epochs"] or max_epochs,
+        retrain_seeds=pick["retrain_seeds"],
+        subset=pick["subset"],
+        predict=str(Path(args.predict).resolve()) if args.predict else None,
+        reduced=reduced,
+    )
+
+
+def _start_ray(address: str | None) -> dict[str, float]:
+    import ray
+
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    else:
+        # An embedded local Ray with no dashboard: nothing listens beyond this process tree.
+        ray.init(include_dashboard=False, log_to_driver=True)
+    return ray.cluster_resources()
+
+
+def short_trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _make_tuner(settings: SearchSettings, trainable: Any):
+    import optuna
+    from ray import tune as ray_tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.trainable import SpaceSampler
+
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=settings.max_epochs,
+        grace_period=settings.grace_period,
+        reduction_factor=settings.reduction_factor,
+    )
+    space = get_space(settings.space)
+    if space.fixed_trials:
+        search_alg = None
+        keys = sorted(space.fixed_trials[0])
+        param_space: dict[str, Any] = {
+            key: ray_tune.grid_search([t[key] for t in space.fixed_trials]) for key in keys
+        }
+        param_space.update(space=settings.space, budget=settings.budget, seed=settings.seed)
+        num_samples = 1  # the grid itself is the set of trials
+    else:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        search_alg = OptunaSearch(
+            space=SpaceSampler(settings.space, settings.budget, settings.seed),
+            metric="val_acc",
+            mode="max",
+            sampler=optuna.samplers.TPESampler(
+                seed=settings.seed, n_startup_trials=max(4, min(10, settings.num_samples // 4))
+            ),
+        )
+        param_space = {}
+        num_samples = settings.num_samples
+    return ray_tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=ray_tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            metric="val_acc",
+            mode="max",
+            num_samples=num_samples,
+            trial_dirname_creator=short_trial_dirname,
+        ),
+        run_config=ray_tune.RunConfig(
+            name=settings.name,
+            storage_path=settings.storage_path,
+            failure_config=ray_tune.FailureConfig(max_failures=2),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            sync_config=ray_tune.SyncConfig(sync_artifacts=True),
+            callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
+            verbose=1,
+        ),
+    )
+
+
+def _replay_asha(tuner: Any, metric: str = "val_acc") -> int:
+    """Ray restores the ASHA scheduler object but not what its rungs recorded, so a resumed
+    search would compare new trials against empty rungs. Refill them from the results."""
+    scheduler = tuner._local_tuner._tune_config.scheduler
+    filled = 0
+    for result in tuner.get_results():
+        history = result.metrics_dataframe
+        if history is None or metric not in history or not len(history):
+            continue
+        trial_id = history["trial_id"].iloc[-1]
+        for bracket in scheduler._brackets:
+            for milestone, recorded in bracket._rungs:
+                reached = history[history["training_iteration"] >= milestone]
+                if len(reached):
+                    recorded[trial_id] = float(reached[metric].iloc[0])
+                    filled += 1
+    return filled
+
+
+def run_search(settings: SearchSettings, splits: DataSplits) -> Any:
+    from ray import tune as ray_tune
+
+    from tune.trainable import TrialSettings, run_trial
+
+    trial_data = DataSplits(train=splits.train, val=splits.val)  # trials never see test
+    trial_settings = TrialSettings(
+        max_epochs=settings.max_epochs,
+        use_gpu=settings.gpus_per_trial > 0,
+        threads=max(1, int(settings.cpus_per_trial)),
+    )
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(run_trial, data=trial_data, settings=trial_settings),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+    )
+    path = str(settings.exp_dir)
+    if ray_tune.Tuner.can_restore(path):
+        print(f"resuming the search in {path}", flush=True)
+        tuner = ray_tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        kind = type(tuner._local_tuner._tune_config.scheduler).__name__
+        print(f"scheduler {kind}; refilled {_replay_asha(tuner)} ASHA rung entries", flush=True)
+    else:
+        tuner = _make_tuner(settings, trainable)
+    return tuner.fit()
+
+
+def collect_records(grid: Any, settings: SearchSettings) -> list[TrialRecord]:
+    import pandas as pd
+
+    space = get_space(settings.space)
+    records = []
+    for result in grid:
+        history = result.metrics_dataframe
+        if history is None:
+            history = pd.DataFrame()
+        config = dict(result.config or {})
+        trial_id = (
+            str(history["trial_id"].iloc[-1])
+            if "trial_id" in history and len(history)
+            else Path(result.path).name
+        )
+        arch = {}
+        if config:
+            arch = space.resolve(raw_params(config), settings.budget)[0].to_dict()
+            config.setdefault(
+                "params",
+                int(history["params"].iloc[-1]) if "params" in history and len(history) else 0,
+            )
+        error = None
+        if result.error is not None:
+            error = str(result.error).strip().splitlines()[-1][:500]
+        records.append(TrialRecord(trial_id, config, history, error, result.path, arch))
+    return records
+
+
+def find_seed_baseline(settings: SearchSettings):
+    """The best trial of the newest `--space seeds` experiment in the same storage folder."""
+    import pandas as pd
+
+    if "://" in settings.storage_path:
+        return None
+    for folder in sorted(
+        Path(settings.storage_path).glob("*/trials.parquet"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    ):
+        table = pd.read_parquet(folder)
+        if (
+            "config/space" in table
+            and (table["config/space"] == "seeds").all()
+            and folder.parent != settings.exp_dir
+        ):
+            return table.sort_values("best_val_acc", ascending=False).head(1)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_spaces:
+        print(format_space_list())
+        return 0
+    try:
+        validate_args(args)
+        data = load_cifar10(args.data)
+        predict = load_images(args.predict) if args.predict else None
+    except (UsageError, BudgetTooSmallError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    resources = _start_ray(args.address)
+    available_gpus = resources.get("GPU", 0)
+    try:
+        settings = resolve_settings(args, have_gpu=available_gpus > 0)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if settings.gpus_per_trial > available_gpus:
+        print(
+            f"error: --gpus-per-trial {settings.gpus_per_trial:g} asks for more GPUs than the "
+            f"Ray cluster has ({available_gpus:g}); pass --gpus-per-trial {available_gpus:g} or "
+            "less, or add GPU nodes to the cluster",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.reduced:
+        print(f"reduced run: {settings.reduced}", flush=True)
+    splits = make_splits(data, TrainConfig(), settings.subset, seed=settings.seed)
+    exp = settings.exp_dir
+    write_json(exp / "search_settings.json", asdict(settings))
+    print(
+        f"search {settings.name}: space {settings.space}, {settings.num_samples} trials of up to "
+        f"{settings.max_epochs} epochs, budget {settings.budget:,} params, "
+        f"{len(splits.train):,} train / {len(splits.val):,} val images; folder {exp}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    grid = run_search(settings, splits)
+    records = collect_records(grid, settings)
+    table = trials_table(records, settings.max_epochs)
+    meta = {**asdict(settings), "code_version": code_version()}
+    write_parquet(exp / "trials.parquet", table, meta)
+    histories = {r.trial_id: r.history for r in records}
+    milestones = asha_milestones(
+        settings.grace_period, settings.reduction_factor, settings.max_epochs
+    )
+    rungs = rung_counts(table, milestones)
+
+    ok = table[table["status"] != "error"].dropna(subset=["best_val_acc"])
+    if not len(ok):
+        print(
+            "error: every trial failed; see trials.parquet and the trials' error.txt",
+            file=sys.stderr,
+        )
+        write_report(exp, table, histories, rungs, None, None, None, meta)
+        return 1
+    best_row = ok.iloc[0]
+    best_record = next(r for r in records if r.trial_id == best_row["trial_id"])
+    arch, cfg, params, scale = get_space(settings.space).resolve(
+        raw_params(best_record.config), settings.budget, settings.retrain_epochs
+    )
+    best = {
+        "trial_id": best_row["trial_id"],
+        "best_val_acc": float(best_row["best_val_acc"]),
+        "params": params,
+        "width_scale": scale,
+        "seed": int(best_row["seed"]),
+        "config": best_record.config,
+        "arch": arch.to_dict(),
+        "train_config": cfg.to_dict(),
+        "code_version": code_version(),
+        "search_seconds": time.perf_counter() - started,
+    }
+    write_json(exp / "best_config.json", best)
+    print(
+        f"best trial {best['trial_id']}: val {best['best_val_acc']:.2%}, {params:,} params",
+        flush=True,
+    )
+
+    final = None
+    if not args.skip_retrain:
+        from tune.retrain import concat_sets, retrain
+
+        final = retrain(
+            arch,
+            cfg,
+            concat_sets(splits.train, splits.val),
+            splits.test,
+            exp / "final",
+            seeds=[settings.seed + i for i in range(settings.retrain_seeds)],
+            device="cuda" if settings.gpus_per_trial > 0 else "cpu",
+            predict=predict,
+            extra={"search": settings.name, "trial_id": best["trial_id"]},
+        )
+        print(
+            f"retrained: test {final['test_acc_mean']:.2%} +- {final['test_acc_std']:.2%} over "
+            f"{len(final['test_acc'])} seed(s); wrote {exp / 'final'}",
+            flush=True,
+        )
+    write_report(exp, table, histories, rungs, best, final, find_seed_baseline(settings), meta)
+    print(f"report: {exp / 'report.md'}\nTensorBoard: tensorboard --logdir {exp}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

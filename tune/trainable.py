@@ -1,0 +1,104 @@
+"""One Ray Tune trial: resolve the sampled configuration, train, report every epoch.
+
+The training itself is `training.loop.train`, which knows nothing of Ray; this module
+only adapts its per-epoch callback to Ray (metrics, checkpoints) and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune as ray_tune
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from search_spaces import get_space, raw_params
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.loop import DataSplits, TrainState, train
+
+CHECKPOINT_FILE = "checkpoint.pt"
+TENSORBOARD_DIR = "tensorboard"  # inside each trial's folder
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    max_epochs: int  # every trial's schedule spans this many epochs; ASHA may stop it sooner
+    use_gpu: bool  # train on the GPU Ray assigned to the trial
+    threads: int  # torch CPU threads (the trial's CPU share)
+
+
+def derive_seed(base_seed: int, trial_number: int) -> int:
+    """A per-trial seed that depends on the search seed and the trial's number only."""
+    return zlib.crc32(f"{base_seed}:{trial_number}".encode()) & 0x7FFFFFFF
+
+
+class SpaceSampler:
+    """The define-by-run function handed to OptunaSearch (a picklable callable: Ray saves
+    the searcher, so it must be importable by reference, not a closure)."""
+
+    def __init__(self, space: str, budget: int, seed: int) -> None:
+        self.space, self.budget, self.seed = space, budget, seed
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        constants = get_space(self.space).sample(trial, self.budget)
+        return {**constants, "seed": derive_seed(self.seed, trial.number)}
+
+
+def _hparam_value(value: Any) -> Any:
+    return value if isinstance(value, bool | int | float | str) else str(value)
+
+
+def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings) -> None:
+    """The Ray function trainable."""
+    torch.set_num_threads(settings.threads)
+    space = get_space(config["space"])
+    arch, cfg, params, _ = space.resolve(raw_params(config), config["budget"], settings.max_epochs)
+    cfg = cfg.replace(seed=config["seed"])
+    device = "cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu"
+
+    resume = None
+    checkpoint = ray_tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    start_epoch = resume["epoch"] if resume else 0
+
+    # The trial's working folder is synced to its storage folder (sync_artifacts), which
+    # works for cloud storage too. purge_step drops any epochs logged after the checkpoint
+    # this trial resumes from, so a restarted trial's curve has no duplicates.
+    writer = SummaryWriter(TENSORBOARD_DIR, purge_step=start_epoch + 1)
+    hp = {k: _hparam_value(v) for k, v in raw_params(config).items()}
+    hp.update(params=params, seed=config["seed"], width_scale=config.get("width_scale", 1.0))
+    experiment, start_info, end_info = hparams(hp, metric_dict={"hparam/val_acc": 0.0})
+    writer.file_writer.add_summary(experiment)
+    writer.file_writer.add_summary(start_info)
+
+    def report(metrics: dict[str, float], state: TrainState) -> None:
+        step = int(metrics["epoch"])
+        for name in ("loss", "acc"):
+            writer.add_scalar(f"train/{name}", metrics[f"train_{name}"], step)
+            if f"val_{name}" in metrics:
+                writer.add_scalar(f"val/{name}", metrics[f"val_{name}"], step)
+        writer.add_scalar("lr", metrics["lr"], step)
+        writer.add_scalar("images_per_sec", metrics["images_per_sec"], step)
+        writer.add_scalar("hparam/val_acc", metrics.get("val_acc", math.nan), step)
+        writer.flush()
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(Path(folder) / CHECKPOINT_FILE, state.checkpoint())
+            # When ASHA stops the trial, this call raises SystemExit; `finally` below runs.
+            ray_tune.report(
+                {**metrics, "width_scale": config.get("width_scale", 1.0)},
+                checkpoint=ray_tune.Checkpoint.from_directory(folder),
+            )
+
+    try:
+        train(arch, cfg, data, report=report, device=device, resume=resume)
+    finally:
+        writer.file_writer.add_summary(end_info)
+        writer.close()
