@@ -198,7 +198,9 @@ def resolve_settings(args: argparse.Namespace, have_gpu: bool) -> SearchSettings
         reduced = (
             "no GPU found, so unset options take small values: "
             + ", ".join(
-                f"{k.replace('_', '-')} {v}" for k, v in REDUCED.items() if getattr(args, k) is None
+                f"{k.replace('_', '-')} {v}"
+                for k, v in REDUCED.items()
+                if getattr(args, k) is None and v is not None
             )
             + " (pass --full or set them to override)"
         )
