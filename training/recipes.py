@@ -191,6 +191,30 @@ def default() -> TrainConfig:
 
 
 @register_recipe
+def speedrun() -> TrainConfig:
+    """The fastest route to ~94%: 20 one-cycle epochs, batch 512, label smoothing, flip TTA.
+
+    Not yet measured on a GPU (docs/benchmarks.md says what is pending). Short runs favour
+    a strong label smoothing and a one-cycle schedule over long warm-up and heavy mixing.
+    """
+    return TrainConfig(
+        epochs=20,
+        batch_size=512,
+        optimizer="sgd",
+        lr=0.4,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        schedule="onecycle",
+        onecycle_pct_start=0.25,
+        label_smoothing=0.2,
+        augment=AugmentConfig(crop_padding=4, flip_p=0.5),
+        tta_flip=True,
+        compile=True,
+    )
+
+
+@register_recipe
 def smoke() -> TrainConfig:
     """Two quick epochs for CPU smoke runs and tests: small batches, no warm-up."""
     return TrainConfig(
