@@ -72,7 +72,14 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
     # The trial's working folder is synced to its storage folder (sync_artifacts), which
     # works for cloud storage too. purge_step drops any epochs logged after the checkpoint
     # this trial resumes from, so a restarted trial's curve has no duplicates.
-    writer = SummaryWriter(TENSORBOARD_DIR, purge_step=start_epoch + 1)
+    # Ray's last sync of a stopped trial runs *before* its thread's `finally` (ray/train/
+    # _internal/session.py: finish), so what the `finally` writes (the hparams session end)
+    # was often lost: on local storage, write the logs in place, where nothing needs a sync.
+    tb_dir = TENSORBOARD_DIR
+    storage = ray_tune.get_context().get_storage()
+    if storage is not None and storage.storage_filesystem.type_name == "local":
+        tb_dir = str(Path(storage.trial_fs_path) / TENSORBOARD_DIR)
+    writer = SummaryWriter(tb_dir, purge_step=start_epoch + 1)
     hp = {k: _hparam_value(v) for k, v in raw_params(config).items()}
     hp.update(params=params, seed=config["seed"], width_scale=config.get("width_scale", 1.0))
     experiment, start_info, end_info = hparams(hp, metric_dict={"hparam/val_acc": 0.0})

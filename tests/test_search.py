@@ -1,0 +1,562 @@
+"""End-to-end tests of the search command, `python -m tune.search`, run as a user runs it.
+
+Each search runs as a subprocess (Ray, its workers and its global state stay out of the
+pytest process) on tiny separable CIFAR-format data with the `tiny` space. Every artifact
+is read back with the tool a user would read it with: pandas for trials.parquet,
+TensorBoard's EventAccumulator for the trials' logs, load_checkpoint for the retrained
+models. Leftover processes are found by a marker variable in their environment and
+ended by id, so a test never touches another Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pickle
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from models import count_params
+from search_spaces import get_space, list_spaces, raw_params
+from search_spaces.spaces import SPACES
+from tests.conftest import separable_images, write_python_batches
+from training.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER_VAR = "RESNET_TUNE_TEST_RUN"  # set in each search's environment; Ray's processes inherit it
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("params_vs_acc.png", "curves.png", "rungs.png")
+SCALARS = ("train/loss", "val/acc", "lr", "images_per_sec")
+SEARCH_TIMEOUT = 300  # seconds; a tiny search takes 20-40 s on 2 CPU cores
+
+
+# --- running the command --------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def _search_env(marker: str) -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", MARKER_VAR: marker}
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Processes started by one search (the driver and every Ray process it spawned)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    wanted = f"{MARKER_VAR}={marker}".encode()
+    pids = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if wanted in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _end_leftovers(marker: str, grace: float = 5.0) -> None:
+    """Give a search's Ray processes `grace` seconds to exit by themselves (they do once
+    their raylet is gone), then SIGKILL the rest by id. Ray's DashboardAgent and
+    RuntimeEnvAgent can outlive a killed driver and ignore SIGTERM."""
+    deadline = time.monotonic() + grace
+    while _marked_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in _marked_pids(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _start(args: list[str], out_dir: Path, marker: str) -> subprocess.Popen:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Files, not pipes: an orphaned Ray process holding a pipe open would block the reader.
+    with open(out_dir / "stdout.txt", "w") as out, open(out_dir / "stderr.txt", "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tune.search", *args],
+            cwd=ROOT,
+            env=_search_env(marker),
+            stdout=out,
+            stderr=err,
+            start_new_session=True,  # its own process group, killed as one
+        )
+
+
+def _kill(proc: subprocess.Popen, marker: str) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    _end_leftovers(marker)
+
+
+def search(args: list[str], out_dir: Path, timeout: float = SEARCH_TIMEOUT) -> Run:
+    """Run the command to its end; fail the test (with its output) if it overruns."""
+    marker = uuid.uuid4().hex
+    started = time.monotonic()
+    proc = _start(args, out_dir, marker)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc, marker)
+        tail = (out_dir / "stdout.txt").read_text()[-3000:]
+        tail += (out_dir / "stderr.txt").read_text()[-3000:]
+        pytest.fail(f"search {args} ran over {timeout} s; output tail:\n{tail}")
+    finally:
+        _end_leftovers(marker)
+    return Run(
+        proc.returncode,
+        (out_dir / "stdout.txt").read_text(),
+        (out_dir / "stderr.txt").read_text(),
+        time.monotonic() - started,
+    )
+
+
+def _check_ok(run: Run) -> None:
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+
+
+# --- reading artifacts -------------------------------------------------------------------
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    """The complete lines of a trial's result.json (one per reported epoch)."""
+    path = trial_dir / "result.json"
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line still being written
+            lines.append(json.loads(line))
+    return lines
+
+
+def _tensorboard(trial_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, dict]]:
+    """(scalars by tag as (step, value), hparams plugin data by kind) of a trial's logs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(trial_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    plugin: dict[str, dict] = {}
+    for raw in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(raw)
+        kind = data.WhichOneof("data")
+        if kind == "session_start_info":
+            plugin[kind] = {
+                k: v.number_value
+                if v.HasField("number_value")
+                else v.bool_value
+                if v.HasField("bool_value")
+                else v.string_value
+                for k, v in data.session_start_info.hparams.items()
+            }
+        else:
+            plugin[kind] = {}
+    return scalars, plugin
+
+
+def _table(exp: Path) -> pd.DataFrame:
+    return pd.read_parquet(exp / "trials.parquet")
+
+
+def _trial_dirs(exp: Path) -> list[Path]:
+    return sorted(p for p in exp.glob("trial_*") if p.is_dir())
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 training and 100 test images in the python-batches format."""
+    return write_python_batches(tmp_path_factory.mktemp("cifar"), n_train=400, n_test=100)
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
+    """A Kaggle-style unlabeled pickle whose ids are neither sorted nor 0..N-1."""
+    images, _ = separable_images(37, seed=11)
+    ids = np.random.default_rng(3).permutation(np.arange(5000, 5037)).astype(np.int64)
+    path = tmp_path_factory.mktemp("predict") / "nolabel.pkl"
+    path.write_bytes(pickle.dumps({b"data": images.reshape(len(images), -1), b"ids": ids}))
+    return path, ids.tolist()
+
+
+# --- 1. a full search and every artifact it writes -----------------------------------------
+
+
+def test_full_search_writes_every_artifact(
+    tmp_path: Path, data_dir: Path, unlabeled: tuple[Path, list[int]]
+) -> None:
+    predict_path, predict_ids = unlabeled
+    storage, name, max_epochs, num_samples = tmp_path / "exp", "e2e", 3, 4
+    run = search(
+        [
+            "--space",
+            "tiny",
+            "--data",
+            str(data_dir),
+            "--num-samples",
+            str(num_samples),
+            "--max-epochs",
+            str(max_epochs),
+            "--subset",
+            "300",
+            "--retrain-seeds",
+            "2",
+            "--predict",
+            str(predict_path),
+            "--storage-path",
+            str(storage),
+            "--name",
+            name,
+        ],
+        tmp_path / "run",
+    )
+    _check_ok(run)
+    exp = storage / name
+    budget = 5_000_000  # the default
+
+    # trials.parquet: one row per trial, settings in the schema metadata.
+    table = _table(exp)
+    assert len(table) == num_samples
+    required = [
+        "trial_id",
+        "status",
+        "params",
+        "final_val_acc",
+        "best_val_acc",
+        "epochs_run",
+        "seed",
+        "code_version",
+    ]
+    assert set(required) <= set(table.columns), table.columns.tolist()
+    for key in ("space", "budget", "seed", "params", "width_scale", "lr", "num_stages"):
+        assert f"config/{key}" in table.columns, table.columns.tolist()
+    assert table["trial_id"].is_unique
+    assert (table["config/space"] == "tiny").all()
+    assert table["best_val_acc"].is_monotonic_decreasing  # best first
+    meta = json.loads(pq.read_schema(exp / "trials.parquet").metadata[b"resnet_tune"])
+    assert meta["space"] == "tiny" and meta["name"] == name
+    assert meta["num_samples"] == num_samples and meta["max_epochs"] == max_epochs
+    assert meta["budget"] == budget and meta["retrain_seeds"] == 2
+    assert meta["code_version"] == table["code_version"].iloc[0]
+    assert Path(meta["predict"]) == predict_path.resolve()
+
+    # ASHA (grace 1, reduction factor 2, max 3): stops only at its rungs, epoch 1 or 2.
+    assert set(table["status"]) <= {"completed", "stopped_early"}, table["status"].tolist()
+    assert (table["status"] == "completed").any(), "no trial reached --max-epochs"
+    assert (table.loc[table["status"] == "completed", "epochs_run"] == max_epochs).all()
+    assert table.loc[table["status"] == "stopped_early", "epochs_run"].isin([1, 2]).all()
+    assert (table["params"] <= budget).all()
+
+    # Each trial's TensorBoard logs: one value per epoch it ran, and its hyperparameters.
+    for row in table.to_dict("records"):
+        trial_id, trial_dir = row["trial_id"], Path(row["path"])
+        assert trial_dir.parent == exp and trial_dir.name == f"trial_{trial_id}"
+        scalars, hp = _tensorboard(trial_dir)
+        steps = list(range(1, row["epochs_run"] + 1))
+        for tag in SCALARS:
+            assert [s for s, _ in scalars.get(tag, [])] == steps, (trial_id, tag, scalars)
+            assert all(math.isfinite(v) for _, v in scalars[tag])
+        val = [v for _, v in scalars["val/acc"]]
+        assert max(val) == pytest.approx(row["best_val_acc"], abs=1e-6)
+        assert val[-1] == pytest.approx(row["final_val_acc"], abs=1e-6)
+        assert [r["training_iteration"] for r in _results(trial_dir)] == steps
+        assert {"experiment", "session_start_info"} <= set(hp), (trial_id, hp)
+        start = hp["session_start_info"]
+        assert start["params"] == row["params"] and start["seed"] == row["seed"]
+        assert start["lr"] == pytest.approx(row["config/lr"])
+        # Written in the trial's `finally`, also when ASHA stops it.
+        assert "session_end_info" in hp, f"trial {trial_id}: no hparams session end"
+
+    # best_config.json: the best trial, within the budget, with what a retrain needs.
+    best = json.loads((exp / "best_config.json").read_text())
+    top = table.iloc[0]
+    assert best["trial_id"] == top["trial_id"]
+    assert best["best_val_acc"] == pytest.approx(top["best_val_acc"])
+    assert best["params"] == top["params"] <= budget
+    assert best["seed"] == top["seed"]
+    assert best["config"]["space"] == "tiny" and best["config"]["lr"] == top["config/lr"]
+    assert len(best["arch"]["stages"]) == best["config"]["num_stages"]
+    assert best["train_config"]["epochs"] == max_epochs  # retrain epochs default
+    assert best["train_config"]["lr"] == pytest.approx(best["config"]["lr"])
+    assert best["code_version"] == meta["code_version"]
+
+    # final/: one retrained model per seed, tested; the ensemble's predictions.
+    final = json.loads((exp / "final" / "metrics.json").read_text())
+    assert final["seeds"] == [0, 1]
+    assert len(final["test_acc"]) == 2 and all(0 <= a <= 1 for a in final["test_acc"])
+    assert final["test_acc_mean"] == pytest.approx(statistics.fmean(final["test_acc"]))
+    assert final["test_acc_std"] == pytest.approx(statistics.stdev(final["test_acc"]))
+    assert final["params"] == best["params"]
+    assert final["gpu_seconds"] == 0.0  # no GPU here
+    assert final["code_version"] == meta["code_version"]
+    assert final["test_images"] == 100 and final["train_images"] == 300 + 75  # train + val
+    for seed in (0, 1):
+        ckpt = load_checkpoint(exp / "final" / f"seed_{seed}" / "checkpoint.pt")
+        assert ckpt["epoch"] == max_epochs and ckpt["seed"] == seed
+        assert ckpt["params"] == best["params"]
+        assert json.loads(json.dumps(ckpt["arch"])) == best["arch"]  # tuples become lists
+
+    lines = (exp / "final" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "ID,Labels"
+    predictions = pd.read_csv(exp / "final" / "predictions.csv")
+    assert predictions["ID"].tolist() == predict_ids
+    assert predictions["Labels"].between(0, 9).all()
+
+    # report.md and its three plots.
+    report = (exp / "report.md").read_text()
+    for png in PLOTS:
+        assert f"]({png})" in report, png
+        assert (exp / png).read_bytes()[:8] == PNG_MAGIC, png
+    assert best["trial_id"] in report
+    for milestone in (1, 2, 3):
+        reached = int((table["epochs_run"] >= milestone).sum())
+        assert f"| {milestone} | {reached} |" in report
+
+
+# --- 2. the parameter budget ----------------------------------------------------------------
+
+
+def test_every_trial_fits_a_small_budget(tmp_path: Path, data_dir: Path) -> None:
+    budget, num_samples = 3000, 5
+    space = get_space("tiny")
+    assert space.smallest_params() <= budget
+    # The widest choices of the space are far over it, so the search must scale widths.
+    widest = {
+        "num_stages": 2,
+        "channels_0": 32,
+        "channels_1": 32,
+        "activation": "relu",
+        "se": True,
+        "lr": 0.1,
+        "batch_size": 32,
+    }
+    assert count_params(space.build(widest)[0]) > 3 * budget
+
+    storage = tmp_path / "exp"
+    run = search(
+        [
+            "--space",
+            "tiny",
+            "--data",
+            str(data_dir),
+            "--budget",
+            str(budget),
+            "--num-samples",
+            str(num_samples),
+            "--max-epochs",
+            "1",
+            "--subset",
+            "200",
+            "--skip-retrain",
+            "--storage-path",
+            str(storage),
+            "--name",
+            "budget",
+        ],
+        tmp_path / "run",
+    )
+    _check_ok(run)
+    exp = storage / "budget"
+    table = _table(exp)
+    assert len(table) == num_samples == len(_trial_dirs(exp))
+    assert (table["params"] <= budget).all(), table[["trial_id", "params"]]
+    assert (table["status"] != "error").all(), table[["trial_id", "error"]]
+
+    scaled = 0
+    for row in table.to_dict("records"):
+        config = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+        config = {k: v for k, v in config.items() if not (isinstance(v, float) and math.isnan(v))}
+        raw = raw_params(config)
+        for key in ("num_stages", "channels_0", "channels_1", "batch_size"):
+            if key in raw:
+                raw[key] = int(raw[key])
+        unscaled = count_params(space.build(raw)[0])
+        # Scaled down exactly when the sampled network is over the budget.
+        assert (row["width_scale"] < 1) == (unscaled > budget), (row, unscaled)
+        scaled += row["width_scale"] < 1
+        # The network each trial trained (its reported count) is the one recorded.
+        trained = _results(Path(row["path"]))
+        assert trained and all(r["params"] == row["params"] for r in trained)
+    assert scaled >= 1, "no sample was over the budget; the test exercises nothing"
+    best = json.loads((exp / "best_config.json").read_text())
+    assert best["params"] <= budget
+    assert not (exp / "final").exists()  # --skip-retrain
+
+
+# --- 3. resuming a killed search ------------------------------------------------------------
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    storage, name, num_samples, max_epochs = tmp_path / "exp", "resume", 6, 2
+    args = [
+        "--space",
+        "tiny",
+        "--data",
+        str(data_dir),
+        "--num-samples",
+        str(num_samples),
+        "--max-epochs",
+        str(max_epochs),
+        "--subset",
+        "200",
+        "--skip-retrain",
+        "--storage-path",
+        str(storage),
+        "--name",
+        name,
+    ]
+    exp = storage / name
+
+    def progress() -> tuple[list[Path], list[Path]]:
+        """(trials that reached --max-epochs, trials between epochs: reported, not done)."""
+        finished, running = [], []
+        for d in _trial_dirs(exp):
+            results = _results(d)
+            if any(r["training_iteration"] == max_epochs for r in results):
+                finished.append(d)
+            elif results and not results[-1].get("done"):
+                running.append(d)
+        return finished, running
+
+    # Kill once 2 trials have finished and, if it comes to that, while a third is between
+    # its epochs, so the resume also continues an interrupted trial. A trial's result.json
+    # reaches the storage folder in the same copy as Ray's experiment state (both are written
+    # in the driver's staging folder, then synced); the short sleep lets that copy end.
+    marker = uuid.uuid4().hex
+    proc = _start(args, tmp_path / "first", marker)
+    try:
+        deadline = time.monotonic() + SEARCH_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            finished, running = progress()
+            if len(finished) >= 3 or (len(finished) >= 2 and running):
+                time.sleep(0.1)
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, (
+            "the search ended before it could be killed:\n"
+            + (tmp_path / "first" / "stdout.txt").read_text()[-3000:]
+        )
+    finally:
+        _kill(proc, marker)
+    finished, running = progress()
+    done_before = {d.name: (d / "result.json").read_text() for d in finished}
+    running_before = {d.name: (d / "result.json").read_text() for d in running}
+    assert len(done_before) >= 2
+    assert not (exp / "trials.parquet").exists(), "the first run was not interrupted"
+
+    run = search(args, tmp_path / "second")
+    _check_ok(run)
+    assert "continuing experiment" in run.stdout
+    assert f"resuming the search in {exp}" in run.stdout
+    match = re.search(r"scheduler (\w+); refilled (\d+) ASHA rung entries", run.stdout)
+    assert match, run.stdout[-3000:]
+    from ray.tune.schedulers import ASHAScheduler
+
+    assert match.group(1) == ASHAScheduler.__name__  # ASHA kept, not a FIFO fallback
+    # Each trial that had finished reached both rungs (epochs 1 and 2) before the kill.
+    assert int(match.group(2)) >= 2 * len(done_before)
+
+    table = _table(exp)
+    assert len(table) == num_samples
+    assert table["trial_id"].is_unique
+    assert sorted(f"trial_{t}" for t in table["trial_id"]) == [d.name for d in _trial_dirs(exp)]
+    assert {f"trial_{t}" for t in table["trial_id"]} >= set(done_before)
+    assert (table["status"] != "error").all(), table[["trial_id", "error"]]
+    for trial, before in done_before.items():
+        # Not re-run: nothing was appended to its results, and they are what the table has.
+        assert (exp / trial / "result.json").read_text() == before, trial
+        row = table[table["trial_id"] == trial.removeprefix("trial_")].iloc[0]
+        assert row["epochs_run"] == max_epochs
+        last = json.loads(before.splitlines()[-1])
+        assert row["final_val_acc"] == pytest.approx(last["val_acc"])
+    for trial, before in running_before.items():
+        # Interrupted between epochs: continued from its checkpoint, not started over.
+        after = (exp / trial / "result.json").read_text()
+        assert after.startswith(before), trial
+        epochs = [r["training_iteration"] for r in _results(exp / trial)]
+        assert epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
+    for row in table.to_dict("records"):
+        # Every trial has one logged value per epoch it ran: none repeated, none missing.
+        scalars, hp = _tensorboard(Path(row["path"]))
+        for tag in SCALARS:
+            steps = [s for s, _ in scalars[tag]]
+            assert steps == list(range(1, row["epochs_run"] + 1)), (row["trial_id"], tag, steps)
+        assert {"session_start_info", "session_end_info"} <= set(hp), (row["trial_id"], hp)
+
+
+# --- 4. bad inputs fail at once, before Ray starts --------------------------------------------
+
+
+def _bad_input_cases(data: Path) -> list[tuple[list[str], list[str]]]:
+    smallest = get_space("tiny").smallest_params()
+    return [
+        (["--space", "nope", "--data", str(data)], ["'nope'", *list_spaces()]),
+        (
+            ["--space", "tiny", "--data", str(data.parent / "missing")],
+            ["--data", "missing", "does not exist", "CIFAR-10 folder or archive"],
+        ),
+        (
+            ["--space", "tiny", "--data", str(data), "--budget", "1000"],
+            ["--budget 1,000", f"at least {smallest:,}", "tiny"],
+        ),
+        (
+            ["--space", "tiny", "--data", str(data), "--num-samples", "0"],
+            ["--num-samples", "is 0", "positive"],
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["space", "data", "budget", "num-samples"])
+def test_bad_input_fails_before_ray_starts(tmp_path: Path, data_dir: Path, case: int) -> None:
+    args, expected = _bad_input_cases(data_dir)[case]
+    storage = tmp_path / "exp"
+    run = search([*args, "--storage-path", str(storage), "--name", "x"], tmp_path / "run", 60)
+    assert run.returncode == 2, (run.returncode, run.stdout, run.stderr)
+    assert run.seconds < 15, f"took {run.seconds:.1f} s: Ray was started?"
+    assert run.stderr.strip().splitlines()[-1].startswith("error: "), run.stderr
+    for text in expected:
+        assert text in run.stderr, (text, run.stderr)
+    assert "Started a local Ray instance" not in run.stdout + run.stderr
+    assert not storage.exists()
+
+
+# --- 5. listing the spaces --------------------------------------------------------------------
+
+
+def test_list_spaces_describes_each_space(tmp_path: Path) -> None:
+    run = search(["--list-spaces"], tmp_path / "run", 60)
+    _check_ok(run)
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == len(SPACES) == 3
+    for line, (name, space) in zip(lines, SPACES.items(), strict=True):
+        assert line.split()[0] == name
+        assert line.endswith(space.description) and len(space.description) > 20
+    assert {"tiny", "seeds", "efficient_resnet"} <= set(SPACES)
