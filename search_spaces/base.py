@@ -30,7 +30,7 @@ MIN_CHANNELS = 8
 
 
 # Keys a search adds to every trial's config beside the sampled parameters.
-CONSTANT_KEYS = ("space", "budget", "params", "width_scale", "seed")
+CONSTANT_KEYS = ("space", "budget", "params", "width_scale", "seed", "trial_number")
 
 
 def raw_params(config: dict[str, Any]) -> dict[str, Any]:

@@ -46,14 +46,29 @@ def _stages_text(arch: dict[str, Any]) -> str:
     return " ".join(f"{s['blocks']}x{s['channels']}" for s in arch.get("stages", ()))
 
 
+def epoch_rows(history: pd.DataFrame) -> pd.DataFrame:
+    """The per-epoch rows of a trial's history, without a final failure row."""
+    if "failure" in history:
+        return history[history["failure"].isna()]
+    return history
+
+
 def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
     """One row per trial: status, parameter count, accuracies, epochs, time, config."""
     rows = []
     for r in records:
         h = r.history
+        failure = ""
+        if "failure" in h and h["failure"].notna().any():
+            # A trial that failed for good (non-finite loss, out of memory) reports its reason
+            # in a last row that is not an epoch.
+            failure = str(h["failure"].dropna().iloc[-1])
+        h = epoch_rows(h)
         has_val = "val_acc" in h and len(h)
         epochs = int(h["epoch"].max()) if "epoch" in h and len(h) else 0
-        if r.error:
+        if failure:
+            status = "failed"
+        elif r.error:
             status = "error"
         elif epochs >= max_epochs:
             status = "completed"
@@ -62,7 +77,7 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
         row: dict[str, Any] = {
             "trial_id": r.trial_id,
             "status": status,
-            "error": r.error or "",
+            "error": failure or r.error or "",
             "params": int(r.config.get("params") or (h["params"].iloc[-1] if len(h) else 0)),
             "width_scale": float(r.config.get("width_scale", 1.0)),
             "seed": int(r.config.get("seed", 0)),
@@ -116,7 +131,12 @@ def rung_counts(table: pd.DataFrame, milestones: list[int]) -> list[tuple[int, i
 
 def _plot_params_vs_acc(table: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for status, marker in (("completed", "o"), ("stopped_early", "x"), ("error", "s")):
+    for status, marker in (
+        ("completed", "o"),
+        ("stopped_early", "x"),
+        ("failed", "s"),
+        ("error", "s"),
+    ):
         part = table[table["status"] == status]
         if len(part):
             ax.scatter(
@@ -135,6 +155,7 @@ def _plot_curves(histories: dict[str, pd.DataFrame], table: pd.DataFrame, path: 
     for trial_id in table["trial_id"].head(5):
         h = histories.get(trial_id)
         if h is not None and "val_acc" in h:
+            h = epoch_rows(h)
             ax.plot(h["epoch"], h["val_acc"] * 100, marker=".", label=trial_id)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")

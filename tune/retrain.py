@@ -110,3 +110,40 @@ def _mean_logits(models: list, images: torch.Tensor, cfg: TrainConfig, device) -
             for m in models
         ]
     ).mean(0)
+
+
+def retrain_in_storage(
+    storage_path: str,
+    name: str,
+    arch: ArchConfig,
+    cfg: TrainConfig,
+    train: ImageSet,
+    test: ImageSet,
+    *,
+    seeds: list[int],
+    device: str,
+    threads: int,
+    predict: ImageSet | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`retrain` into the experiment's final/, wherever the experiment is stored: run as a
+    Ray task, possibly on another node, it first fetches what an earlier, interrupted retrain
+    left there, and copies everything back when done."""
+    from tune.storage import ExperimentStorage
+
+    torch.set_num_threads(threads)
+    storage = ExperimentStorage(storage_path, name)
+    storage.pull("final")
+    metrics = retrain(
+        arch,
+        cfg,
+        train,
+        test,
+        storage.local_dir / "final",
+        seeds=seeds,
+        device=device,
+        predict=predict,
+        extra=extra,
+    )
+    storage.push("final")
+    return metrics

@@ -21,28 +21,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# Ray reads these when it is imported; they keep a search quiet and resumable.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our own TensorBoard writer
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state saved every 5 s
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-
-from models import DEFAULT_BUDGET  # noqa: E402
-from search_spaces import BudgetTooSmallError, get_space, list_spaces, raw_params  # noqa: E402
-from search_spaces.spaces import SPACES  # noqa: E402
-from training.artifacts import code_version, write_json  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import DataError, load_cifar10, load_images  # noqa: E402
-from training.loop import DataSplits  # noqa: E402
-from training.train import make_splits  # noqa: E402
-from tune.results import (  # noqa: E402
+from models import DEFAULT_BUDGET
+from search_spaces import BudgetTooSmallError, get_space, list_spaces, raw_params
+from search_spaces.spaces import SPACES
+from training.artifacts import code_version, write_json
+from training.config import TrainConfig
+from training.data import DataError, load_cifar10, load_images
+from training.loop import DataSplits
+from training.train import make_splits
+from tune.results import (
     TrialRecord,
     asha_milestones,
+    epoch_rows,
     rung_counts,
     trials_table,
     write_parquet,
     write_report,
 )
+from tune.storage import ExperimentStorage, StorageError, is_uri
 
 # What a search without a GPU does unless told otherwise: a few minutes on a laptop CPU.
 REDUCED = {
@@ -90,8 +86,8 @@ class SearchSettings:
     reduced: str  # why and how the run was reduced, or ""
 
     @property
-    def exp_dir(self) -> Path:
-        return Path(self.storage_path) / self.name
+    def storage(self) -> ExperimentStorage:
+        return ExperimentStorage(self.storage_path, self.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,24 +170,37 @@ def validate_args(args: argparse.Namespace) -> None:
     get_space(args.space).check_budget(args.budget)
 
 
-def resolve_settings(args: argparse.Namespace, have_gpu: bool) -> SearchSettings:
-    """Fill the defaults (reduced ones without a GPU); a resumed experiment keeps its own."""
-    storage = args.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
+def open_storage(args: argparse.Namespace) -> tuple[ExperimentStorage, SearchSettings | None]:
+    """The experiment's storage (probed for writing) and its saved settings, if it has some:
+    an experiment that exists is continued with the settings it started with."""
+    root = (
+        args.storage_path
+        if is_uri(args.storage_path)
+        else str(Path(args.storage_path).expanduser().resolve())
+    )
     name = args.name
     if args.resume and name is None:
-        name = _latest_experiment(Path(storage), args.space)
+        if is_uri(root):
+            raise UsageError("--resume with a cloud --storage-path needs the experiment's --name")
+        name = _latest_experiment(Path(root), args.space)
     if name is None:
         name = f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    saved = Path(storage) / name / "search_settings.json"
-    if saved.exists():
-        settings = SearchSettings(**json.loads(saved.read_text()))
-        print(f"continuing experiment {settings.exp_dir} with its saved settings", flush=True)
-        return settings
+    storage = ExperimentStorage(root, name)
+    storage.check_writable()
+    if storage.pull("search_settings.json"):
+        saved = json.loads((storage.local_dir / "search_settings.json").read_text())
+        settings = SearchSettings(**saved)
+        print(f"continuing experiment {storage.uri} with its saved settings", flush=True)
+        return storage, settings
     if args.resume:
-        raise UsageError(f"--resume: no experiment {name!r} in {storage} to continue")
+        raise UsageError(f"--resume: no experiment {name!r} in {root} to continue")
+    return storage, None
 
+
+def resolve_settings(
+    args: argparse.Namespace, storage: ExperimentStorage, have_gpu: bool
+) -> SearchSettings:
+    """Fill the defaults, reduced ones when the cluster has no GPU."""
     defaults = FULL if have_gpu or args.full else REDUCED
     reduced = ""
     if defaults is REDUCED:
@@ -209,8 +218,8 @@ def resolve_settings(args: argparse.Namespace, have_gpu: bool) -> SearchSettings
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if have_gpu else 0.0)
     return SearchSettings(
         space=args.space,
-        name=name,
-        storage_path=storage,
+        name=storage.name,
+        storage_path=storage.storage_path,
         data=str(Path(args.data).resolve()) if args.data else None,
         budget=args.budget,
         seed=args.seed,
@@ -228,7 +237,19 @@ def resolve_settings(args: argparse.Namespace, have_gpu: bool) -> SearchSettings
     )
 
 
-def _start_ray(address: str | None) -> dict[str, float]:
+# Set before Ray is imported: our own TensorBoard writer replaces Ray's, the experiment
+# state is saved every 5 s (a killed driver loses little), and logs are not de-duplicated.
+RAY_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def _start_ray(address: str | None) -> None:
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
     import ray
 
     if address:
@@ -236,14 +257,13 @@ def _start_ray(address: str | None) -> dict[str, float]:
     else:
         # An embedded local Ray with no dashboard: nothing listens beyond this process tree.
         ray.init(include_dashboard=False, log_to_driver=True)
-    return ray.cluster_resources()
 
 
 def short_trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _make_tuner(settings: SearchSettings, trainable: Any):
+def _make_tuner(settings: SearchSettings, trainable: Any, slots: int):
     import optuna
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -289,6 +309,8 @@ def _make_tuner(settings: SearchSettings, trainable: Any):
             mode="max",
             num_samples=num_samples,
             trial_dirname_creator=short_trial_dirname,
+            # With a searcher Ray starts one trial at a time unless told how many fit.
+            max_concurrent_trials=slots or None,
         ),
         run_config=ray_tune.RunConfig(
             name=settings.name,
@@ -321,7 +343,20 @@ def _replay_asha(tuner: Any, metric: str = "val_acc") -> int:
     return filled
 
 
-def run_search(settings: SearchSettings, splits: DataSplits) -> Any:
+def trial_slots(settings: SearchSettings, nodes: list[dict[str, Any]]) -> int:
+    """How many trials fit on the cluster's live nodes at once (a trial stays on one node)."""
+    slots = 0
+    for node in nodes:
+        res = node.get("Resources", {})
+        by_cpu = int(res.get("CPU", 0) // settings.cpus_per_trial) if settings.cpus_per_trial else 0
+        if settings.gpus_per_trial > 0:
+            slots += min(by_cpu, int(res.get("GPU", 0) // settings.gpus_per_trial))
+        else:
+            slots += by_cpu
+    return slots
+
+
+def run_search(settings: SearchSettings, splits: DataSplits, slots: int) -> Any:
     from ray import tune as ray_tune
 
     from tune.trainable import TrialSettings, run_trial
@@ -336,14 +371,14 @@ def run_search(settings: SearchSettings, splits: DataSplits) -> Any:
         ray_tune.with_parameters(run_trial, data=trial_data, settings=trial_settings),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
     )
-    path = str(settings.exp_dir)
+    path = settings.storage.uri
     if ray_tune.Tuner.can_restore(path):
         print(f"resuming the search in {path}", flush=True)
         tuner = ray_tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         kind = type(tuner._local_tuner._tune_config.scheduler).__name__
         print(f"scheduler {kind}; refilled {_replay_asha(tuner)} ASHA rung entries", flush=True)
     else:
-        tuner = _make_tuner(settings, trainable)
+        tuner = _make_tuner(settings, trainable, slots)
     return tuner.fit()
 
 
@@ -365,10 +400,9 @@ def collect_records(grid: Any, settings: SearchSettings) -> list[TrialRecord]:
         arch = {}
         if config:
             arch = space.resolve(raw_params(config), settings.budget)[0].to_dict()
-            config.setdefault(
-                "params",
-                int(history["params"].iloc[-1]) if "params" in history and len(history) else 0,
-            )
+            epochs = epoch_rows(history)
+            if "params" not in config and "params" in epochs and len(epochs):
+                config["params"] = int(epochs["params"].iloc[-1])
         error = None
         if result.error is not None:
             error = str(result.error).strip().splitlines()[-1][:500]
@@ -380,7 +414,7 @@ def find_seed_baseline(settings: SearchSettings):
     """The best trial of the newest `--space seeds` experiment in the same storage folder."""
     import pandas as pd
 
-    if "://" in settings.storage_path:
+    if is_uri(settings.storage_path):
         return None
     for folder in sorted(
         Path(settings.storage_path).glob("*/trials.parquet"),
@@ -391,10 +425,55 @@ def find_seed_baseline(settings: SearchSettings):
         if (
             "config/space" in table
             and (table["config/space"] == "seeds").all()
-            and folder.parent != settings.exp_dir
+            and folder.parent != settings.storage.local_dir
         ):
             return table.sort_values("best_val_acc", ascending=False).head(1)
     return None
+
+
+def check_resources(settings: SearchSettings, nodes: list[dict[str, Any]], local: bool) -> None:
+    """A trial must fit on one node; on a fixed (local) cluster it must fit now."""
+    largest = max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0)
+    if settings.gpus_per_trial > largest and (local or largest > 0):
+        raise UsageError(
+            f"--gpus-per-trial {settings.gpus_per_trial:g} asks for more GPUs than any node of "
+            f"the Ray cluster has ({largest:g}); pass --gpus-per-trial {largest:g} or less"
+            + ("" if local else ", or add larger GPU nodes")
+        )
+    if settings.gpus_per_trial > largest:
+        print(
+            "no GPU node is up yet: trials wait until the cluster's autoscaler adds one",
+            flush=True,
+        )
+
+
+def retrain_best(
+    settings: SearchSettings, arch: Any, cfg: Any, splits: DataSplits, predict: Any, best: dict
+) -> dict[str, Any]:
+    """The retrain runs as a Ray task, so on a cluster it lands on a GPU worker like a trial."""
+    import ray
+
+    from tune.retrain import concat_sets, retrain_in_storage
+
+    use_gpu = settings.gpus_per_trial > 0
+    task = ray.remote(retrain_in_storage).options(
+        num_cpus=settings.cpus_per_trial, num_gpus=1 if use_gpu else 0
+    )
+    return ray.get(
+        task.remote(
+            settings.storage_path,
+            settings.name,
+            arch,
+            cfg,
+            concat_sets(splits.train, splits.val),
+            splits.test,
+            seeds=[settings.seed + i for i in range(settings.retrain_seeds)],
+            device="cuda" if use_gpu else "cpu",
+            threads=max(1, int(settings.cpus_per_trial)),
+            predict=predict,
+            extra={"search": settings.name, "trial_id": best["trial_id"]},
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,40 +483,39 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         validate_args(args)
-        data = load_cifar10(args.data)
-        predict = load_images(args.predict) if args.predict else None
-    except (UsageError, BudgetTooSmallError, DataError) as e:
+        storage, saved = open_storage(args)
+        data = load_cifar10(saved.data if saved else args.data)
+        predict_path = saved.predict if saved else args.predict
+        predict = load_images(predict_path) if predict_path else None
+    except (UsageError, BudgetTooSmallError, DataError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    resources = _start_ray(args.address)
-    available_gpus = resources.get("GPU", 0)
+    _start_ray(args.address)
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    have_gpu = any(n.get("Resources", {}).get("GPU", 0) > 0 for n in nodes)
     try:
-        settings = resolve_settings(args, have_gpu=available_gpus > 0)
+        settings = saved or resolve_settings(args, storage, have_gpu)
+        check_resources(settings, nodes, local=args.address is None)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if settings.gpus_per_trial > available_gpus:
-        print(
-            f"error: --gpus-per-trial {settings.gpus_per_trial:g} asks for more GPUs than the "
-            f"Ray cluster has ({available_gpus:g}); pass --gpus-per-trial {available_gpus:g} or "
-            "less, or add GPU nodes to the cluster",
-            file=sys.stderr,
-        )
-        return 2
     if settings.reduced:
         print(f"reduced run: {settings.reduced}", flush=True)
-    splits = make_splits(data, TrainConfig(), settings.subset, seed=settings.seed)
-    exp = settings.exp_dir
+    exp = storage.local_dir
     write_json(exp / "search_settings.json", asdict(settings))
+    storage.push("search_settings.json")
+    splits = make_splits(data, TrainConfig(), settings.subset, seed=settings.seed)
     print(
         f"search {settings.name}: space {settings.space}, {settings.num_samples} trials of up to "
         f"{settings.max_epochs} epochs, budget {settings.budget:,} params, "
-        f"{len(splits.train):,} train / {len(splits.val):,} val images; folder {exp}",
+        f"{len(splits.train):,} train / {len(splits.val):,} val images; folder {storage.uri}",
         flush=True,
     )
     started = time.perf_counter()
-    grid = run_search(settings, splits)
+    grid = run_search(settings, splits, trial_slots(settings, nodes))
     records = collect_records(grid, settings)
     table = trials_table(records, settings.max_epochs)
     meta = {**asdict(settings), "code_version": code_version()}
@@ -447,14 +525,17 @@ def main(argv: list[str] | None = None) -> int:
         settings.grace_period, settings.reduction_factor, settings.max_epochs
     )
     rungs = rung_counts(table, milestones)
+    outputs = ["trials.parquet", "report.md", "params_vs_acc.png", "curves.png", "rungs.png"]
 
-    ok = table[table["status"] != "error"].dropna(subset=["best_val_acc"])
+    ok = table[~table["status"].isin(["error", "failed"])].dropna(subset=["best_val_acc"])
     if not len(ok):
         print(
-            "error: every trial failed; see trials.parquet and the trials' error.txt",
+            "error: every trial failed; see the error column of trials.parquet and the "
+            "trials' error.txt",
             file=sys.stderr,
         )
         write_report(exp, table, histories, rungs, None, None, None, meta)
+        storage.push(*outputs)
         return 1
     best_row = ok.iloc[0]
     best_record = next(r for r in records if r.trial_id == best_row["trial_id"])
@@ -474,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         "search_seconds": time.perf_counter() - started,
     }
     write_json(exp / "best_config.json", best)
+    storage.push("trials.parquet", "best_config.json")
     print(
         f"best trial {best['trial_id']}: val {best['best_val_acc']:.2%}, {params:,} params",
         flush=True,
@@ -481,26 +563,18 @@ def main(argv: list[str] | None = None) -> int:
 
     final = None
     if not args.skip_retrain:
-        from tune.retrain import concat_sets, retrain
-
-        final = retrain(
-            arch,
-            cfg,
-            concat_sets(splits.train, splits.val),
-            splits.test,
-            exp / "final",
-            seeds=[settings.seed + i for i in range(settings.retrain_seeds)],
-            device="cuda" if settings.gpus_per_trial > 0 else "cpu",
-            predict=predict,
-            extra={"search": settings.name, "trial_id": best["trial_id"]},
-        )
+        final = retrain_best(settings, arch, cfg, splits, predict, best)
         print(
             f"retrained: test {final['test_acc_mean']:.2%} +- {final['test_acc_std']:.2%} over "
-            f"{len(final['test_acc'])} seed(s); wrote {exp / 'final'}",
+            f"{len(final['test_acc'])} seed(s); wrote {storage.uri}/final",
             flush=True,
         )
     write_report(exp, table, histories, rungs, best, final, find_seed_baseline(settings), meta)
-    print(f"report: {exp / 'report.md'}\nTensorBoard: tensorboard --logdir {exp}", flush=True)
+    storage.push(*outputs)
+    print(
+        f"report: {storage.uri}/report.md\nTensorBoard: tensorboard --logdir {storage.uri}",
+        flush=True,
+    )
     return 0
 
 

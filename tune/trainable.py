@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune as ray_tune
 from torch.utils.tensorboard import SummaryWriter
@@ -20,7 +21,8 @@ from torch.utils.tensorboard.summary import hparams
 
 from search_spaces import get_space, raw_params
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.loop import DataSplits, TrainState, train
+from training.loop import DataSplits, NonFiniteLossError, TrainState, train
+from tune import faults
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TENSORBOARD_DIR = "tensorboard"  # inside each trial's folder
@@ -47,7 +49,11 @@ class SpaceSampler:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         constants = get_space(self.space).sample(trial, self.budget)
-        return {**constants, "seed": derive_seed(self.seed, trial.number)}
+        return {
+            **constants,
+            "seed": derive_seed(self.seed, trial.number),
+            "trial_number": trial.number,
+        }
 
 
 def _hparam_value(value: Any) -> Any:
@@ -79,6 +85,7 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
     storage = ray_tune.get_context().get_storage()
     if storage is not None and storage.storage_filesystem.type_name == "local":
         tb_dir = str(Path(storage.trial_fs_path) / TENSORBOARD_DIR)
+    planned = faults.planned_faults(config.get("trial_number"))
     writer = SummaryWriter(tb_dir, purge_step=start_epoch + 1)
     hp = {k: _hparam_value(v) for k, v in raw_params(config).items()}
     hp.update(params=params, seed=config["seed"], width_scale=config.get("width_scale", 1.0))
@@ -100,12 +107,26 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
             save_checkpoint(Path(folder) / CHECKPOINT_FILE, state.checkpoint())
             # When ASHA stops the trial, this call raises SystemExit; `finally` below runs.
             ray_tune.report(
-                {**metrics, "width_scale": config.get("width_scale", 1.0)},
+                {**metrics, **node_info, "width_scale": config.get("width_scale", 1.0)},
                 checkpoint=ray_tune.Checkpoint.from_directory(folder),
             )
+        faults.strike(planned, step, state.model, Path(tb_dir).parent)
+        last.update(metrics)
 
+    last: dict[str, float] = {}
+    node_info = {"node_id": ray.get_runtime_context().get_node_id(), "device": device}
     try:
         train(arch, cfg, data, report=report, device=device, resume=resume)
+    except (NonFiniteLossError, torch.cuda.OutOfMemoryError) as e:
+        # Retrying cannot help (the same configuration fails the same way), so the trial
+        # ends here with its reason; val_acc 0 tells the searcher this region is bad.
+        reason = f"{type(e).__name__}: {e}"
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            reason += (
+                f" (batch size {cfg.batch_size}, {params:,} parameters; give each trial more "
+                "GPU memory with a larger --gpus-per-trial)"
+            )
+        ray_tune.report({**last, **node_info, "params": params, "val_acc": 0.0, "failure": reason})
     finally:
         writer.file_writer.add_summary(end_info)
         writer.close()

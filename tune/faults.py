@@ -1,0 +1,56 @@
+"""Fault drills: make chosen trials fail the way real ones do, to prove the search survives.
+
+Set RESNET_TUNE_FAULTS to a JSON list of faults before starting a search (local Ray workers
+inherit the driver's environment), e.g.
+
+    [{"kind": "kill", "trial": 1, "epoch": 2},   # SIGKILL the trial's worker during epoch 3
+     {"kind": "nan", "trial": 2, "epoch": 1},    # poison the weights: the next loss is NaN
+     {"kind": "oom", "trial": 3, "epoch": 1}]    # raise torch.cuda.OutOfMemoryError
+
+`trial` is the Optuna trial number (the order of suggestion, from 0); `epoch` is the epoch
+after which the fault strikes. A kill strikes once per trial (a marker file in the trial's
+folder remembers it), so the restarted trial runs on. Unset, this module does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ENV = "RESNET_TUNE_FAULTS"
+KILL_DELAY_S = 0.2  # the kill lands this long after the epoch's report: inside the next epoch
+
+
+def planned_faults(trial_number: int | None) -> list[dict[str, Any]]:
+    raw = os.environ.get(ENV)
+    if not raw or trial_number is None:
+        return []
+    return [f for f in json.loads(raw) if f.get("trial") == trial_number]
+
+
+def strike(
+    faults: list[dict[str, Any]], epoch: int, model: torch.nn.Module, trial_dir: Path
+) -> None:
+    """Called after each epoch's report; triggers the faults planned for this epoch."""
+    for fault in faults:
+        if fault["epoch"] != epoch:
+            continue
+        if fault["kind"] == "kill":
+            marker = trial_dir / f".fault_killed_{epoch}"
+            if marker.exists():
+                continue
+            marker.write_text("killed once\n")
+            pid = os.getpid()
+            threading.Timer(KILL_DELAY_S, os.kill, (pid, signal.SIGKILL)).start()
+        elif fault["kind"] == "nan":
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+        elif fault["kind"] == "oom":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (fault drill)")
