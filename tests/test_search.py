@@ -10,19 +10,13 @@ ended by id, so a test never touches another Ray on the machine.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import pickle
 import re
-import signal
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,157 +28,21 @@ from models import count_params
 from search_spaces import get_space, list_spaces, raw_params
 from search_spaces.spaces import SPACES
 from tests.conftest import separable_images, write_python_batches
+from tests.searchrun import (
+    PLOTS,
+    PNG_MAGIC,
+    SCALARS,
+    SEARCH_TIMEOUT,
+    check_ok,
+    kill,
+    read_results,
+    read_table,
+    search,
+    start,
+    tensorboard,
+    trial_dirs,
+)
 from training.checkpoint import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-MARKER_VAR = "RESNET_TUNE_TEST_RUN"  # set in each search's environment; Ray's processes inherit it
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = ("params_vs_acc.png", "curves.png", "rungs.png")
-SCALARS = ("train/loss", "val/acc", "lr", "images_per_sec")
-SEARCH_TIMEOUT = 300  # seconds; a tiny search takes 20-40 s on 2 CPU cores
-
-
-# --- running the command --------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-
-def _search_env(marker: str) -> dict[str, str]:
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", MARKER_VAR: marker}
-
-
-def _marked_pids(marker: str) -> list[int]:
-    """Processes started by one search (the driver and every Ray process it spawned)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    wanted = f"{MARKER_VAR}={marker}".encode()
-    pids = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if wanted in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
-
-
-def _end_leftovers(marker: str, grace: float = 5.0) -> None:
-    """Give a search's Ray processes `grace` seconds to exit by themselves (they do once
-    their raylet is gone), then SIGKILL the rest by id. Ray's DashboardAgent and
-    RuntimeEnvAgent can outlive a killed driver and ignore SIGTERM."""
-    deadline = time.monotonic() + grace
-    while _marked_pids(marker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in _marked_pids(marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _start(args: list[str], out_dir: Path, marker: str) -> subprocess.Popen:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Files, not pipes: an orphaned Ray process holding a pipe open would block the reader.
-    with open(out_dir / "stdout.txt", "w") as out, open(out_dir / "stderr.txt", "w") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tune.search", *args],
-            cwd=ROOT,
-            env=_search_env(marker),
-            stdout=out,
-            stderr=err,
-            start_new_session=True,  # its own process group, killed as one
-        )
-
-
-def _kill(proc: subprocess.Popen, marker: str) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    _end_leftovers(marker)
-
-
-def search(args: list[str], out_dir: Path, timeout: float = SEARCH_TIMEOUT) -> Run:
-    """Run the command to its end; fail the test (with its output) if it overruns."""
-    marker = uuid.uuid4().hex
-    started = time.monotonic()
-    proc = _start(args, out_dir, marker)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(proc, marker)
-        tail = (out_dir / "stdout.txt").read_text()[-3000:]
-        tail += (out_dir / "stderr.txt").read_text()[-3000:]
-        pytest.fail(f"search {args} ran over {timeout} s; output tail:\n{tail}")
-    finally:
-        _end_leftovers(marker)
-    return Run(
-        proc.returncode,
-        (out_dir / "stdout.txt").read_text(),
-        (out_dir / "stderr.txt").read_text(),
-        time.monotonic() - started,
-    )
-
-
-def _check_ok(run: Run) -> None:
-    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
-
-
-# --- reading artifacts -------------------------------------------------------------------
-
-
-def _results(trial_dir: Path) -> list[dict]:
-    """The complete lines of a trial's result.json (one per reported epoch)."""
-    path = trial_dir / "result.json"
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):  # a line still being written
-            lines.append(json.loads(line))
-    return lines
-
-
-def _tensorboard(trial_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, dict]]:
-    """(scalars by tag as (step, value), hparams plugin data by kind) of a trial's logs."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    acc = EventAccumulator(str(trial_dir / "tensorboard"), size_guidance={"scalars": 0})
-    acc.Reload()
-    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    plugin: dict[str, dict] = {}
-    for raw in acc.PluginTagToContent("hparams").values():
-        data = plugin_data_pb2.HParamsPluginData.FromString(raw)
-        kind = data.WhichOneof("data")
-        if kind == "session_start_info":
-            plugin[kind] = {
-                k: v.number_value
-                if v.HasField("number_value")
-                else v.bool_value
-                if v.HasField("bool_value")
-                else v.string_value
-                for k, v in data.session_start_info.hparams.items()
-            }
-        else:
-            plugin[kind] = {}
-    return scalars, plugin
-
-
-def _table(exp: Path) -> pd.DataFrame:
-    return pd.read_parquet(exp / "trials.parquet")
-
-
-def _trial_dirs(exp: Path) -> list[Path]:
-    return sorted(p for p in exp.glob("trial_*") if p.is_dir())
-
 
 # --- fixtures -----------------------------------------------------------------------------
 
@@ -236,12 +94,12 @@ def test_full_search_writes_every_artifact(
         ],
         tmp_path / "run",
     )
-    _check_ok(run)
+    check_ok(run)
     exp = storage / name
     budget = 5_000_000  # the default
 
     # trials.parquet: one row per trial, settings in the schema metadata.
-    table = _table(exp)
+    table = read_table(exp)
     assert len(table) == num_samples
     required = [
         "trial_id",
@@ -277,7 +135,7 @@ def test_full_search_writes_every_artifact(
     for row in table.to_dict("records"):
         trial_id, trial_dir = row["trial_id"], Path(row["path"])
         assert trial_dir.parent == exp and trial_dir.name == f"trial_{trial_id}"
-        scalars, hp = _tensorboard(trial_dir)
+        scalars, hp = tensorboard(trial_dir)
         steps = list(range(1, row["epochs_run"] + 1))
         for tag in SCALARS:
             assert [s for s, _ in scalars.get(tag, [])] == steps, (trial_id, tag, scalars)
@@ -285,7 +143,7 @@ def test_full_search_writes_every_artifact(
         val = [v for _, v in scalars["val/acc"]]
         assert max(val) == pytest.approx(row["best_val_acc"], abs=1e-6)
         assert val[-1] == pytest.approx(row["final_val_acc"], abs=1e-6)
-        assert [r["training_iteration"] for r in _results(trial_dir)] == steps
+        assert [r["training_iteration"] for r in read_results(trial_dir)] == steps
         assert {"experiment", "session_start_info"} <= set(hp), (trial_id, hp)
         start = hp["session_start_info"]
         assert start["params"] == row["params"] and start["seed"] == row["seed"]
@@ -381,10 +239,10 @@ def test_every_trial_fits_a_small_budget(tmp_path: Path, data_dir: Path) -> None
         ],
         tmp_path / "run",
     )
-    _check_ok(run)
+    check_ok(run)
     exp = storage / "budget"
-    table = _table(exp)
-    assert len(table) == num_samples == len(_trial_dirs(exp))
+    table = read_table(exp)
+    assert len(table) == num_samples == len(trial_dirs(exp))
     assert (table["params"] <= budget).all(), table[["trial_id", "params"]]
     assert (table["status"] != "error").all(), table[["trial_id", "error"]]
 
@@ -401,7 +259,7 @@ def test_every_trial_fits_a_small_budget(tmp_path: Path, data_dir: Path) -> None
         assert (row["width_scale"] < 1) == (unscaled > budget), (row, unscaled)
         scaled += row["width_scale"] < 1
         # The network each trial trained (its reported count) is the one recorded.
-        trained = _results(Path(row["path"]))
+        trained = read_results(Path(row["path"]))
         assert trained and all(r["params"] == row["params"] for r in trained)
     assert scaled >= 1, "no sample was over the budget; the test exercises nothing"
     best = json.loads((exp / "best_config.json").read_text())
@@ -438,8 +296,8 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
     def progress() -> tuple[list[Path], list[Path]]:
         """(trials that reached --max-epochs, trials between epochs: reported, not done)."""
         finished, running = [], []
-        for d in _trial_dirs(exp):
-            results = _results(d)
+        for d in trial_dirs(exp):
+            results = read_results(d)
             if any(r["training_iteration"] == max_epochs for r in results):
                 finished.append(d)
             elif results and not results[-1].get("done"):
@@ -451,7 +309,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
     # reaches the storage folder in the same copy as Ray's experiment state (both are written
     # in the driver's staging folder, then synced); the short sleep lets that copy end.
     marker = uuid.uuid4().hex
-    proc = _start(args, tmp_path / "first", marker)
+    proc = start(args, tmp_path / "first", marker)
     try:
         deadline = time.monotonic() + SEARCH_TIMEOUT
         while proc.poll() is None and time.monotonic() < deadline:
@@ -465,7 +323,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
             + (tmp_path / "first" / "stdout.txt").read_text()[-3000:]
         )
     finally:
-        _kill(proc, marker)
+        kill(proc, marker)
     finished, running = progress()
     done_before = {d.name: (d / "result.json").read_text() for d in finished}
     running_before = {d.name: (d / "result.json").read_text() for d in running}
@@ -473,7 +331,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
     assert not (exp / "trials.parquet").exists(), "the first run was not interrupted"
 
     run = search(args, tmp_path / "second")
-    _check_ok(run)
+    check_ok(run)
     assert "continuing experiment" in run.stdout
     assert f"resuming the search in {exp}" in run.stdout
     match = re.search(r"scheduler (\w+); refilled (\d+) ASHA rung entries", run.stdout)
@@ -484,10 +342,10 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
     # Each trial that had finished reached both rungs (epochs 1 and 2) before the kill.
     assert int(match.group(2)) >= 2 * len(done_before)
 
-    table = _table(exp)
+    table = read_table(exp)
     assert len(table) == num_samples
     assert table["trial_id"].is_unique
-    assert sorted(f"trial_{t}" for t in table["trial_id"]) == [d.name for d in _trial_dirs(exp)]
+    assert sorted(f"trial_{t}" for t in table["trial_id"]) == [d.name for d in trial_dirs(exp)]
     assert {f"trial_{t}" for t in table["trial_id"]} >= set(done_before)
     assert (table["status"] != "error").all(), table[["trial_id", "error"]]
     for trial, before in done_before.items():
@@ -501,11 +359,11 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
         # Interrupted between epochs: continued from its checkpoint, not started over.
         after = (exp / trial / "result.json").read_text()
         assert after.startswith(before), trial
-        epochs = [r["training_iteration"] for r in _results(exp / trial)]
+        epochs = [r["training_iteration"] for r in read_results(exp / trial)]
         assert epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
     for row in table.to_dict("records"):
         # Every trial has one logged value per epoch it ran: none repeated, none missing.
-        scalars, hp = _tensorboard(Path(row["path"]))
+        scalars, hp = tensorboard(Path(row["path"]))
         for tag in SCALARS:
             steps = [s for s, _ in scalars[tag]]
             assert steps == list(range(1, row["epochs_run"] + 1)), (row["trial_id"], tag, steps)
@@ -553,7 +411,7 @@ def test_bad_input_fails_before_ray_starts(tmp_path: Path, data_dir: Path, case:
 
 def test_list_spaces_describes_each_space(tmp_path: Path) -> None:
     run = search(["--list-spaces"], tmp_path / "run", 60)
-    _check_ok(run)
+    check_ok(run)
     lines = run.stdout.strip().splitlines()
     assert len(lines) == len(SPACES) == 3
     for line, (name, space) in zip(lines, SPACES.items(), strict=True):

@@ -9,6 +9,7 @@ Writes OUT/checkpoint.pt (after every epoch, so an interrupted run continues wit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -59,6 +60,18 @@ def make_splits(
         train_set = subset_stratified(train_set, min(sizes.train, len(train_set)), seed)
         test_set = subset_stratified(test_set, sizes.test, seed)
     return DataSplits(train=train_set, val=val_set, test=test_set)
+
+
+def check_writable_dir(path: Path) -> None:
+    """Fail before any work if `path` cannot be created or written (creates nothing)."""
+    existing = path.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"cannot write the output folder {path}: {existing} is not a writable folder; "
+            "pass an --out you can write to"
+        )
 
 
 def print_epoch(metrics: dict[str, float], total_epochs: int, started: float) -> None:
@@ -123,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    p.add_argument("--val-size", type=int, help="validation images (default: the recipe's, 5000)")
     p.add_argument("--subset", type=int, help="train on N images (validate on N/4, test on N)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0, help="seeds the split, init and augmentation")
@@ -144,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides["batch_size"] = args.batch_size
         if args.compile:
             overrides["compile"] = True
+        if args.val_size is not None:
+            overrides["val_size"] = args.val_size
         cfg = get_recipe(args.recipe, **overrides)
+        check_writable_dir(args.out)
         if args.subset is not None and args.subset < 10:
             raise ValueError(f"--subset {args.subset} is too small; use at least 10 images")
         device = resolve_device(args.device)

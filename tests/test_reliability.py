@@ -1,0 +1,254 @@
+"""Faults a search must survive and bad inputs it must refuse (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import separable_images, write_python_batches
+from tests.searchrun import check_ok, read_results, read_table, search, tensorboard
+from training import artifacts
+from training import predict as predict_cli
+from training import train as train_cli
+from training.checkpoint import load_checkpoint, save_checkpoint
+from tune import search as search_cli
+
+# --- faults inside trials: a killed worker, a NaN loss, an out-of-memory error ---------------
+
+FAULTS = [
+    {"kind": "kill", "trial": 1, "epoch": 1},
+    {"kind": "nan", "trial": 2, "epoch": 1},
+    {"kind": "oom", "trial": 3, "epoch": 1},
+]
+MAX_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def faulty_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """One search of 5 trials in which trials 1-3 meet the faults above."""
+    root = tmp_path_factory.mktemp("faults")
+    data = write_python_batches(root / "data", n_train=400, n_test=100)
+    args = [
+        "--space", "tiny", "--data", str(data), "--num-samples", "5",
+        "--max-epochs", str(MAX_EPOCHS), "--grace-period", str(MAX_EPOCHS), "--subset", "300",
+        "--skip-retrain", "--storage-path", str(root / "exp"), "--name", "faults",
+    ]  # fmt: skip
+    run = search(args, root / "run", env={"RESNET_TUNE_FAULTS": json.dumps(FAULTS)})
+    check_ok(run)
+    exp = root / "exp" / "faults"
+    return exp, read_table(exp)
+
+
+def _row(table: pd.DataFrame, trial_number: int) -> dict:
+    return table[table["config/trial_number"] == trial_number].iloc[0].to_dict()
+
+
+def test_search_completes_with_every_requested_trial(faulty_search):
+    _, table = faulty_search
+    assert len(table) == 5 and table["trial_id"].is_unique
+    healthy = table[table["config/trial_number"].isin([0, 1, 4])]
+    assert (healthy["status"] == "completed").all(), healthy[["status", "error"]]
+
+
+def test_killed_worker_restarts_from_its_checkpoint_without_gaps(faulty_search):
+    _, table = faulty_search
+    row = _row(table, 1)
+    assert row["status"] == "completed" and row["epochs_run"] == MAX_EPOCHS
+    reports = read_results(Path(row["path"]))
+    assert [r["epoch"] for r in reports] == [1, 2, 3]  # no gap, no repeated epoch
+    # After the kill Ray restored the trial from its epoch-1 checkpoint: the iteration
+    # count since the restore restarts, the epoch count does not.
+    assert reports[1]["iterations_since_restore"] == 1 and reports[1]["epoch"] == 2
+    scalars, _ = tensorboard(Path(row["path"]))
+    assert [s for s, _ in scalars["val/acc"]] == [1, 2, 3]
+
+
+def test_nan_loss_fails_that_trial_alone_with_its_reason(faulty_search):
+    _, table = faulty_search
+    row = _row(table, 2)
+    assert row["status"] == "failed"
+    assert "NonFiniteLossError" in row["error"] and "epoch 2" in row["error"]
+    assert row["epochs_run"] == 1  # stopped in the epoch the loss broke, not retried
+
+
+def test_out_of_memory_fails_that_trial_alone_with_its_reason(faulty_search):
+    _, table = faulty_search
+    row = _row(table, 3)
+    assert row["status"] == "failed"
+    assert "OutOfMemoryError" in row["error"] and "--gpus-per-trial" in row["error"]
+    assert row["epochs_run"] == 1
+
+
+# --- every file the project writes appears whole or not at all ------------------------------
+
+
+def test_interrupted_write_keeps_the_previous_version(tmp_path):
+    target = tmp_path / "metrics.json"
+    artifacts.write_json(target, {"version": 1})
+
+    def half_then_crash(tmp: Path) -> None:
+        tmp.write_text('{"version": 2, "trunc')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.atomic_write(target, half_then_crash)
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temp left
+
+
+def test_interrupted_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"arch": {}, "model": {"w": torch.ones(3)}, "epoch": 1})
+    real_save = torch.save
+
+    def crash_midway(obj, f, *a, **k):
+        real_save({"partial": torch.zeros(1)}, f)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"arch": {}, "model": {"w": torch.zeros(3)}, "epoch": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_written_files_have_normal_permissions(tmp_path):
+    path = artifacts.write_text(tmp_path / "report.md", "# hi\n")
+    assert path.stat().st_mode & 0o644 == 0o644
+
+
+# --- bad input: one-paragraph errors naming the input and the fix, nothing written -----------
+
+
+def _bad_datasets(root: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (dataset path, text the error must contain)."""
+    good = write_python_batches(root / "good", n_train=100, n_test=50)
+    cases: dict[str, tuple[Path, str]] = {}
+
+    truncated = root / "truncated.tar.gz"
+    with tarfile.open(truncated, "w:gz") as tar:
+        tar.add(good, arcname="cifar-10-batches-py")
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    cases["truncated archive"] = (truncated, "truncated.tar.gz")
+
+    def batches_with(name: str, test_batch: dict) -> Path:
+        folder = root / name / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for f in good.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        (folder / "test_batch").write_bytes(pickle.dumps(test_batch))
+        return folder
+
+    images, labels = separable_images(20)
+    flat = images.reshape(20, -1)
+    cases["wrong keys"] = (
+        batches_with("keys", {b"pixels": flat, b"labels": labels.tolist()}),
+        "test_batch",
+    )
+    cases["wrong dtype"] = (
+        batches_with("dtype", {b"data": flat.astype(np.float32), b"labels": labels.tolist()}),
+        "test_batch",
+    )
+    cases["wrong shape"] = (
+        batches_with("shape", {b"data": flat[:, :100], b"labels": labels.tolist()}),
+        "test_batch",
+    )
+    cases["labels out of range"] = (
+        batches_with("labels", {b"data": flat, b"labels": [12] * 20}),
+        "test_batch",
+    )
+    return cases
+
+
+@pytest.fixture(scope="module")
+def bad_datasets(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    return _bad_datasets(tmp_path_factory.mktemp("bad"))
+
+
+CASES = ["truncated archive", "wrong keys", "wrong dtype", "wrong shape", "labels out of range"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_data_stops_training_before_anything_is_written(tmp_path, bad_datasets, case, capsys):
+    path, names = bad_datasets[case]
+    out = tmp_path / "run"
+    rc = train_cli.main(["--model", "tiny_resnet", "--data", str(path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and names in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_data_stops_a_search_before_ray_starts(tmp_path, bad_datasets, case, capsys):
+    path, names = bad_datasets[case]
+    storage = tmp_path / "exp"
+    rc = search_cli.main(["--space", "tiny", "--data", str(path), "--storage-path", str(storage),
+                          "--name", "x"])  # fmt: skip
+    assert rc == 2
+    assert names in capsys.readouterr().err
+    assert not (storage / "x" / "search_settings.json").exists()
+
+
+def test_repeated_ids_in_a_file_to_predict(tmp_path, capsys):
+    images, _ = separable_images(4)
+    bad = tmp_path / "nolabel.pkl"
+    bad.write_bytes(pickle.dumps({b"data": images.reshape(4, -1), b"ids": np.array([1, 2, 2, 3])}))
+    data = write_python_batches(tmp_path / "d", n_train=100, n_test=20)
+    run = tmp_path / "run"
+    assert train_cli.main(["--model", "tiny_resnet", "--recipe", "smoke", "--data", str(data),
+                           "--out", str(run), "--epochs", "1", "--device", "cpu", "--val-size", "20"]) == 0  # fmt: skip
+    out = tmp_path / "p.csv"
+    rc = predict_cli.main(["--checkpoint", str(run / "checkpoint.pt"), "--input", str(bad),
+                           "--out", str(out)])  # fmt: skip
+    assert rc == 2 and "repeat" in capsys.readouterr().err and not out.exists()
+
+
+def test_unwritable_output_folders(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert train_cli.main(["--model", "tiny_resnet", "--out", str(blocker / "run")]) == 2
+    assert "a_file" in capsys.readouterr().err
+    data = write_python_batches(tmp_path / "d", n_train=100, n_test=20)
+    rc = search_cli.main(["--space", "tiny", "--data", str(data), "--storage-path",
+                          str(blocker / "exp")])  # fmt: skip
+    assert rc == 2 and "a_file" in capsys.readouterr().err
+
+
+def test_unreachable_cloud_storage_stops_the_search_before_ray(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    data = write_python_batches(tmp_path / "d", n_train=100, n_test=20)
+    uri = "s3://no-such-bucket/exp?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    rc = search_cli.main(["--space", "tiny", "--data", str(data), "--storage-path", uri])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no-such-bucket" in err and "--storage-path" in err
+
+
+def test_more_gpus_per_trial_than_the_cluster_has(tmp_path):
+    data = write_python_batches(tmp_path / "d", n_train=100, n_test=20)
+    run = search(["--space", "tiny", "--data", str(data), "--gpus-per-trial", "1",
+                  "--storage-path", str(tmp_path / "exp"), "--name", "x"], tmp_path / "run", 120)  # fmt: skip
+    assert run.returncode == 2
+    assert "--gpus-per-trial 1" in run.stderr and "--gpus-per-trial 0 or less" in run.stderr
+
+
+# --- security -----------------------------------------------------------------------------
+
+
+def test_embedded_ray_starts_without_a_dashboard(monkeypatch):
+    import ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    search_cli._start_ray(None)
+    assert seen["include_dashboard"] is False
+    search_cli._start_ray("127.0.0.1:6379")
+    assert seen["include_dashboard"] is False and seen["address"] == "127.0.0.1:6379"
