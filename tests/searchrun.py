@@ -40,8 +40,13 @@ class Run:
     seconds: float
 
 
+# Ray binds its servers to the machine's network address unless told it runs on one
+# machine only; tests keep every Ray process on the loopback interface.
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+
+
 def search_env(marker: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", MARKER_VAR: marker, **(extra or {})}
+    return {**os.environ, **RAY_LOOPBACK_ENV, MARKER_VAR: marker, **(extra or {})}
 
 
 def marked_pids(marker: str) -> list[int]:

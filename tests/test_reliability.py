@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -248,7 +249,9 @@ def test_embedded_ray_starts_without_a_dashboard(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
     search_cli._start_ray(None)
-    assert seen["include_dashboard"] is False
+    assert seen["include_dashboard"] is False and seen["address"] is None
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # loopback only
     search_cli._start_ray("127.0.0.1:6379")
     assert seen["include_dashboard"] is False and seen["address"] == "127.0.0.1:6379"

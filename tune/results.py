@@ -92,6 +92,8 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
             if "images_per_sec" in h and len(h)
             else 0.0,
             "stages": _stages_text(r.arch),
+            # Ray node ids the trial ran on, in order (more than one after a node was lost).
+            "nodes": ",".join(dict.fromkeys(h["node_id"].dropna())) if "node_id" in h else "",
             "path": r.path,
             "code_version": code_version(),
         }

@@ -250,13 +250,15 @@ RAY_ENV = {
 def _start_ray(address: str | None) -> None:
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    if not address:
+        # The embedded local Ray binds its servers to the loopback interface, so nothing of
+        # it is reachable from outside this machine. Ray binds to the machine's network
+        # address unless told it runs on one machine only, which it reads at import.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    else:
-        # An embedded local Ray with no dashboard: nothing listens beyond this process tree.
-        ray.init(include_dashboard=False, log_to_driver=True)
+    # No dashboard either way: it would be one more open port with no authentication.
+    ray.init(address=address or None, include_dashboard=False, log_to_driver=True)
 
 
 def short_trial_dirname(trial: Any) -> str:
