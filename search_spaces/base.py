@@ -68,7 +68,7 @@ class SearchSpace:
         arch, cfg = self.build(raw)
         arch, params, scale = fit_to_budget(arch, budget)
         if max_epochs is not None:
-            cfg = cfg.replace(epochs=max_epochs)
+            cfg = cfg.with_epochs(max_epochs)
         return arch, cfg, params, scale
 
     def smallest_params(self) -> int:

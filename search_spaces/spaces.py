@@ -75,6 +75,9 @@ def _build_efficient(p: Params) -> tuple[ArchConfig, TrainConfig]:
         nesterov=p.get("nesterov", False),
         batch_size=p["batch_size"],
         schedule=p["schedule"],
+        # Step decay: x0.1 at 1/3 and 2/3 of the run (kept by TrainConfig.with_epochs).
+        epochs=30,
+        step_epochs=10,
         warmup_epochs=p.get("warmup_epochs", 0.0),
         label_smoothing=p["label_smoothing"],
         grad_clip_norm=p["grad_clip_norm"],

@@ -269,3 +269,20 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert train_cli.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "missing" in capsys.readouterr().err
     assert train_cli.main(["--epochs", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_cap_batch_size_scales_the_learning_rate_with_it():
+    from training.config import cap_batch_size
+
+    cfg = get_recipe("default")  # batch 512, lr 0.4
+    capped = cap_batch_size(cfg, 128)
+    assert (capped.batch_size, capped.lr) == (128, pytest.approx(0.1))
+    assert cap_batch_size(cfg, 1024) is cfg and cap_batch_size(cfg, None) is cfg
+
+
+def test_with_epochs_keeps_the_schedule_shape():
+    cfg = get_recipe("resnet_dropout_3x4")  # 150 epochs, step every 30
+    short = cfg.with_epochs(15)
+    assert (short.epochs, short.step_epochs) == (15, 3)
+    restarts = get_recipe("se_mish_resnet").with_epochs(20)  # 200 epochs, T_0 10
+    assert restarts.restart_epochs == 1

@@ -138,6 +138,16 @@ class TrainConfig:
             values["augment"] = AugmentConfig(**aug)
         return cls(**values)
 
+    def with_epochs(self, epochs: int) -> TrainConfig:
+        """The same recipe over `epochs` epochs: epoch-valued schedule settings (step decay
+        interval, warm-restart period) keep their share of the run."""
+        scale = epochs / self.epochs
+        return self.replace(
+            epochs=epochs,
+            step_epochs=max(1, round(self.step_epochs * scale)),
+            restart_epochs=max(1, round(self.restart_epochs * scale)),
+        )
+
     def replace(self, **changes: Any) -> TrainConfig:
         """Copy with changes; keys prefixed `augment.` change the augmentation config."""
         aug_changes = {
@@ -147,3 +157,11 @@ class TrainConfig:
         if aug_changes:
             plain["augment"] = replace(plain.get("augment", self.augment), **aug_changes)
         return replace(self, **plain)
+
+
+def cap_batch_size(cfg: TrainConfig, cap: int | None) -> TrainConfig:
+    """`cfg` with its batch size at most `cap`, the learning rate scaled by the same factor
+    (the linear scaling rule), so the run keeps roughly the dynamics it was sampled with."""
+    if cap is None or cfg.batch_size <= cap:
+        return cfg
+    return cfg.replace(batch_size=cap, lr=cfg.lr * cap / cfg.batch_size)

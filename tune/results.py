@@ -184,12 +184,21 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def _cell(column: str, value: Any) -> str:
+    if column.endswith("_acc"):
+        return f"{value:.2%}"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
 def _markdown_table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.tolist()]
-        lines.append("| " + " | ".join(cells) + " |")
+    for row in frame.to_dict("records"):
+        lines.append("| " + " | ".join(_cell(c, row[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 

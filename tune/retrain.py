@@ -89,10 +89,11 @@ def retrain(
         model_from_checkpoint(load_checkpoint(c, map_location=device_obj), device_obj)
         for c in metrics["checkpoints"]
     ]
-    test_logits = _mean_logits(models, test.images, cfg, device_obj)
-    metrics["ensemble_test_acc"] = (
-        (test_logits.argmax(1).cpu() == test.labels).float().mean().item()
-    )
+    if len(models) > 1:  # one seed's own test accuracy is already measured
+        test_logits = _mean_logits(models, test.images, cfg, device_obj)
+        metrics["ensemble_test_acc"] = (
+            (test_logits.argmax(1).cpu() == test.labels).float().mean().item()
+        )
     if predict is not None:
         labels = _mean_logits(models, predict.images, cfg, device_obj).argmax(1).cpu()
         write_predictions(out / "predictions.csv", predict.ids, labels, metrics)

@@ -25,7 +25,7 @@ from models import DEFAULT_BUDGET
 from search_spaces import BudgetTooSmallError, get_space, list_spaces, raw_params
 from search_spaces.spaces import SPACES
 from training.artifacts import code_version, write_json
-from training.config import TrainConfig
+from training.config import TrainConfig, cap_batch_size
 from training.data import DataError, load_cifar10, load_images
 from training.loop import DataSplits
 from training.train import make_splits
@@ -47,7 +47,10 @@ REDUCED = {
     "grace_period": 1,
     "retrain_epochs": None,  # None: the trials' max_epochs
     "retrain_seeds": 1,
-    "subset": 1000,
+    "subset": 500,
+    # CPU training keeps every activation of a batch in host memory: batch 1024 through a
+    # wide 32x32 stage took 19 GB and Ray's memory monitor killed the trial.
+    "max_batch_size": 128,
 }
 FULL = {
     "num_samples": 64,
@@ -56,6 +59,7 @@ FULL = {
     "retrain_epochs": None,  # None: the trials' max_epochs
     "retrain_seeds": 3,
     "subset": None,
+    "max_batch_size": None,
 }
 
 
@@ -82,6 +86,7 @@ class SearchSettings:
     retrain_epochs: int
     retrain_seeds: int
     subset: int | None
+    max_batch_size: int | None  # cap on every trial's and the retrain's batch size
     predict: str | None
     reduced: str  # why and how the run was reduced, or ""
 
@@ -209,11 +214,14 @@ def resolve_settings(
             + ", ".join(
                 f"{k.replace('_', '-')} {v}"
                 for k, v in REDUCED.items()
-                if getattr(args, k) is None and v is not None
+                if getattr(args, k, None) is None and v is not None
             )
             + " (pass --full or set them to override)"
         )
-    pick = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    pick = {
+        k: getattr(args, k) if getattr(args, k, None) is not None else v
+        for k, v in defaults.items()
+    }
     max_epochs = pick["max_epochs"]
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if have_gpu else 0.0)
     return SearchSettings(
@@ -232,6 +240,7 @@ def resolve_settings(
         retrain_epochs=pick["retrain_epochs"] or max_epochs,
         retrain_seeds=pick["retrain_seeds"],
         subset=pick["subset"],
+        max_batch_size=defaults["max_batch_size"],
         predict=str(Path(args.predict).resolve()) if args.predict else None,
         reduced=reduced,
     )
@@ -366,6 +375,7 @@ def run_search(settings: SearchSettings, splits: DataSplits, slots: int) -> Any:
     trial_data = DataSplits(train=splits.train, val=splits.val)  # trials never see test
     trial_settings = TrialSettings(
         max_epochs=settings.max_epochs,
+        max_batch_size=settings.max_batch_size,
         use_gpu=settings.gpus_per_trial > 0,
         threads=max(1, int(settings.cpus_per_trial)),
     )
@@ -544,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     arch, cfg, params, scale = get_space(settings.space).resolve(
         raw_params(best_record.config), settings.budget, settings.retrain_epochs
     )
+    cfg = cap_batch_size(cfg, settings.max_batch_size)
     best = {
         "trial_id": best_row["trial_id"],
         "best_val_acc": float(best_row["best_val_acc"]),

@@ -21,6 +21,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from search_spaces import get_space, raw_params
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import cap_batch_size
 from training.loop import DataSplits, NonFiniteLossError, TrainState, train
 from tune import faults
 
@@ -31,6 +32,7 @@ TENSORBOARD_DIR = "tensorboard"  # inside each trial's folder
 @dataclass(frozen=True)
 class TrialSettings:
     max_epochs: int  # every trial's schedule spans this many epochs; ASHA may stop it sooner
+    max_batch_size: int | None  # cap on the sampled batch size (reduced CPU runs)
     use_gpu: bool  # train on the GPU Ray assigned to the trial
     threads: int  # torch CPU threads (the trial's CPU share)
 
@@ -65,7 +67,7 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
     torch.set_num_threads(settings.threads)
     space = get_space(config["space"])
     arch, cfg, params, _ = space.resolve(raw_params(config), config["budget"], settings.max_epochs)
-    cfg = cfg.replace(seed=config["seed"])
+    cfg = cap_batch_size(cfg, settings.max_batch_size).replace(seed=config["seed"])
     device = "cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu"
 
     resume = None
