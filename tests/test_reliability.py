@@ -226,6 +226,7 @@ def test_unwritable_output_folders(tmp_path, capsys):
 
 def test_unreachable_cloud_storage_stops_the_search_before_ray(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr("tune.storage.STAGING_ROOT", tmp_path / "cache")
     data = write_python_batches(tmp_path / "d", n_train=100, n_test=20)
     uri = "s3://no-such-bucket/exp?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
     rc = search_cli.main(["--space", "tiny", "--data", str(data), "--storage-path", uri])

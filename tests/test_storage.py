@@ -36,9 +36,10 @@ def test_unwritable_path_under_a_file_is_named(tmp_path):
         ExperimentStorage(str(blocker), "exp").check_writable()
 
 
-def test_unreachable_cloud_storage_fails_fast_with_the_uri(monkeypatch):
+def test_unreachable_cloud_storage_fails_fast_with_the_uri(monkeypatch, tmp_path):
     # A closed loopback port stands in for an unreachable S3 endpoint (no traffic leaves).
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr("tune.storage.STAGING_ROOT", tmp_path / "cache")
     uri = "s3://no-such-bucket/exp?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
     with pytest.raises(StorageError, match="no-such-bucket"):
         ExperimentStorage(uri, "exp").check_writable(timeout_s=20)
@@ -47,3 +48,33 @@ def test_unreachable_cloud_storage_fails_fast_with_the_uri(monkeypatch):
 def test_bad_uri_is_refused():
     with pytest.raises(StorageError, match="nosuchscheme"):
         ExperimentStorage("nosuchscheme://x/y", "exp")
+
+
+def test_search_with_a_uri_storage_path_lands_everything_there_and_resumes(tmp_path):
+    """A `file://` URI takes the same path as s3:// or gs:// (pyarrow, staging, copy)."""
+    from tests.conftest import write_python_batches
+    from tests.searchrun import check_ok, read_table, search
+
+    data = write_python_batches(tmp_path / "data", n_train=200, n_test=50)
+    bucket = tmp_path / "bucket"
+    cache = tmp_path / "cache"
+    args = [
+        "--space", "tiny", "--data", str(data), "--num-samples", "2", "--max-epochs", "2",
+        "--subset", "160", "--storage-path", f"file://{bucket}", "--name", "remote",
+    ]  # fmt: skip
+    run = search(args, tmp_path / "first", env={"RESNET_TUNE_CACHE": str(cache)})
+    check_ok(run)
+    exp = bucket / "remote"
+    for name in ("search_settings.json", "trials.parquet", "best_config.json", "report.md",
+                 "rungs.png", "final/metrics.json", "final/seed_0/checkpoint.pt"):  # fmt: skip
+        assert (exp / name).is_file(), name
+    assert len(read_table(exp)) == 2
+    assert all((d / "tensorboard").is_dir() for d in exp.glob("trial_*"))
+    assert (cache / "staging" / "remote" / "trials.parquet").is_file()  # written there first
+
+    # Resume from the storage path alone, from a machine with an empty staging folder.
+    run = search(["--resume", "--name", "remote", "--storage-path", f"file://{bucket}"],
+                 tmp_path / "second", env={"RESNET_TUNE_CACHE": str(tmp_path / "cache2")})  # fmt: skip
+    check_ok(run)
+    assert "continuing experiment" in run.stdout and "already finished, kept" in run.stdout
+    assert len(read_table(exp)) == 2
