@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from models import DEFAULT_BUDGET
 from search_spaces import BudgetTooSmallError, get_space, list_spaces, raw_params
 from search_spaces.spaces import SPACES
@@ -395,8 +397,6 @@ def run_search(settings: SearchSettings, splits: DataSplits, slots: int) -> Any:
 
 
 def collect_records(grid: Any, settings: SearchSettings) -> list[TrialRecord]:
-    import pandas as pd
-
     space = get_space(settings.space)
     records = []
     for result in grid:
@@ -407,7 +407,7 @@ def collect_records(grid: Any, settings: SearchSettings) -> list[TrialRecord]:
         trial_id = (
             str(history["trial_id"].iloc[-1])
             if "trial_id" in history and len(history)
-            else Path(result.path).name
+            else Path(result.path).name.removeprefix("trial_")
         )
         arch = {}
         if config:
@@ -424,8 +424,6 @@ def collect_records(grid: Any, settings: SearchSettings) -> list[TrialRecord]:
 
 def find_seed_baseline(settings: SearchSettings):
     """The best trial of the newest `--space seeds` experiment in the same storage folder."""
-    import pandas as pd
-
     if is_uri(settings.storage_path):
         return None
     for folder in sorted(
