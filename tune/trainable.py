@@ -95,6 +95,9 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
     writer.file_writer.add_summary(experiment)
     writer.file_writer.add_summary(start_info)
 
+    last: dict[str, float] = {}  # the latest epoch's metrics, for a failure report
+    node_info = {"node_id": ray.get_runtime_context().get_node_id(), "device": device}
+
     def report(metrics: dict[str, float], state: TrainState) -> None:
         step = int(metrics["epoch"])
         for name in ("loss", "acc"):
@@ -115,8 +118,6 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
         faults.strike(planned, step, state.model, Path(tb_dir).parent)
         last.update(metrics)
 
-    last: dict[str, float] = {}
-    node_info = {"node_id": ray.get_runtime_context().get_node_id(), "device": device}
     try:
         train(arch, cfg, data, report=report, device=device, resume=resume)
     except (NonFiniteLossError, torch.cuda.OutOfMemoryError) as e:
