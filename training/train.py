@@ -75,17 +75,22 @@ def check_writable_dir(path: Path) -> None:
 
 
 def print_epoch(metrics: dict[str, float], total_epochs: int, started: float) -> None:
+    """One line per epoch with a progress bar: it reads the same in a terminal and in the
+    log lines Ray forwards from a remote task."""
     epoch = int(metrics["epoch"])
     elapsed = time.perf_counter() - started
+    left = (total_epochs - epoch) * metrics["epoch_seconds"]
+    done = round(20 * epoch / total_epochs)
     val = (
         f"  val {metrics['val_acc']:.2%} ({metrics['val_loss']:.3f})"
         if "val_acc" in metrics
         else ""
     )
     print(
-        f"epoch {epoch:>3}/{total_epochs}  train {metrics['train_acc']:.2%} "
-        f"({metrics['train_loss']:.3f}){val}  lr {metrics['lr']:.4g}  "
-        f"{metrics['images_per_sec']:,.0f} img/s  {elapsed:.0f}s",
+        f"[{'#' * done}{'.' * (20 - done)}] epoch {epoch:>3}/{total_epochs}  "
+        f"train {metrics['train_acc']:.2%} ({metrics['train_loss']:.3f}){val}  "
+        f"lr {metrics['lr']:.4g}  {metrics['images_per_sec']:,.0f} img/s  "
+        f"{elapsed:.0f}s, ~{left:.0f}s left",
         flush=True,
     )
 
