@@ -356,6 +356,8 @@ def train(
     """
     device = resolve_device(device)
     train_set = splits.train.to(device)
+    # The validation images too live on the device for the whole run (evaluated every epoch).
+    val_set = splits.val.to(device) if splits.val is not None and len(splits.val) else None
     if train_set.labels is None:
         raise ValueError("the training set has no labels")
     n = len(train_set)
@@ -439,9 +441,9 @@ def train(
             "train_seconds": state.elapsed,
             "params": state.params,
         }
-        if splits.val is not None and len(splits.val):
+        if val_set is not None:
             metrics["val_loss"], metrics["val_acc"] = evaluate(
-                state.inference_model(), splits.val, cfg, device
+                state.inference_model(), val_set, cfg, device
             )
         state.history.append(metrics)
         if report is not None:
