@@ -29,7 +29,7 @@ class BudgetError(ValueError):
         )
 
 
-def _trainable(module: torch.nn.Module) -> int:
+def trainable_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
@@ -40,18 +40,18 @@ def _meta_model(arch: ArchConfig) -> ResNet:
 
 def count_params(arch: ArchConfig) -> int:
     """Trainable parameters of the network `arch` describes."""
-    return _trainable(_meta_model(arch))
+    return trainable_params(_meta_model(arch))
 
 
 def stage_param_counts(arch: ArchConfig) -> list[int]:
     """Trainable parameters per stage, in stage order."""
-    return [_trainable(stage) for stage in _meta_model(arch).stages]
+    return [trainable_params(stage) for stage in _meta_model(arch).stages]
 
 
 def check_budget(arch: ArchConfig, budget: int = DEFAULT_BUDGET) -> int:
     """Return the parameter count, or raise BudgetError if it exceeds `budget`."""
     model = _meta_model(arch)
-    params = _trainable(model)
+    params = trainable_params(model)
     if params > budget:
-        raise BudgetError(arch, params, budget, [_trainable(s) for s in model.stages])
+        raise BudgetError(arch, params, budget, [trainable_params(s) for s in model.stages])
     return params

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 
 from models.arch import ArchConfig, stages
@@ -41,16 +40,9 @@ def get_arch(name: str, **overrides: Any) -> ArchConfig:
     return arch.replace(**overrides) if overrides else arch
 
 
-def create_model(
-    name_or_arch: str | ArchConfig, device: torch.device | str | None = None, **overrides: Any
-) -> nn.Module:
+def create_model(name_or_arch: str | ArchConfig, **overrides: Any) -> nn.Module:
     arch = name_or_arch if isinstance(name_or_arch, ArchConfig) else get_arch(name_or_arch)
-    if overrides:
-        arch = arch.replace(**overrides)
-    if device is None:
-        return ResNet(arch)
-    with torch.device(device):
-        return ResNet(arch)
+    return ResNet(arch.replace(**overrides) if overrides else arch)
 
 
 def _lookup(name: str) -> Callable[[], ArchConfig]:

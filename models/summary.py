@@ -11,13 +11,9 @@ import sys
 
 import torch
 
-from models.budget import DEFAULT_BUDGET, count_params
+from models.budget import DEFAULT_BUDGET, count_params, trainable_params
 from models.registry import describe_model, get_arch, list_models
 from models.resnet import ResNet
-
-
-def _trainable(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def summary_rows(name: str) -> list[tuple[str, str, int]]:
@@ -28,14 +24,16 @@ def summary_rows(name: str) -> list[tuple[str, str, int]]:
         x = torch.empty(1, arch.in_channels, 32, 32)
         rows = []
         x = model.stem(x)
-        rows.append(("stem", tuple(x.shape[1:]), _trainable(model.stem)))
+        rows.append(("stem", tuple(x.shape[1:]), trainable_params(model.stem)))
         for i, (spec, stage) in enumerate(zip(arch.stages, model.stages, strict=True)):
             x = stage(x)
             label = f"stage {i} ({spec.blocks}x{spec.channels}, stride {spec.stride})"
-            rows.append((label, tuple(x.shape[1:]), _trainable(stage)))
+            rows.append((label, tuple(x.shape[1:]), trainable_params(stage)))
         head_modules = [model.final_norm, model.transformer, model.classifier]
         logits = model(torch.empty(1, arch.in_channels, 32, 32))
-        rows.append(("head", tuple(logits.shape[1:]), sum(_trainable(m) for m in head_modules)))
+        rows.append(
+            ("head", tuple(logits.shape[1:]), sum(trainable_params(m) for m in head_modules))
+        )
     return [(part, "x".join(map(str, shape)), params) for part, shape, params in rows]
 
 

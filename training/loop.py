@@ -331,8 +331,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[to
     """Shuffled index batches covering one epoch; a trailing partial batch is dropped
     (unless it would be the only one) so every step has the same shape."""
     order = torch.randperm(n, generator=generator, device=generator.device)
-    steps = max(1, n // batch_size)
-    for step in range(steps):
+    for step in range(steps_per_epoch(n, batch_size)):
         yield order[step * batch_size : (step + 1) * batch_size]
 
 
