@@ -5,12 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.optim import swa_utils
 
-from models import get_arch
+from models import ResNet, get_arch
 from training import predict as predict_cli
 from training import train as train_cli
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.loop import DataSplits, NonFiniteLossError, train
+from training.loop import DataSplits, NonFiniteLossError, train, update_ema
 from training.recipes import get_recipe, list_recipes
 
 from .conftest import separable_images, separable_set
@@ -115,6 +116,44 @@ def test_resume_continues_exactly():
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert resumed.history[1]["train_loss"] == straight.history[1]["train_loss"]
+
+
+def test_ema_follows_the_warm_up_formula_and_copies_integer_buffers():
+    net = ResNet(TINY)
+    averager = swa_utils.AveragedModel(net, use_buffers=True)
+    expected = {k: v.clone().float() for k, v in averager.module.state_dict().items()}
+    decay = 0.5  # reached after a few steps, so the clamp is exercised too
+    for step in range(6):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        net.stem[1].num_batches_tracked += 3
+        d = 0.0 if step == 0 else min((1 + step) / (10 + step), decay)
+        for k, v in net.state_dict().items():
+            if v.is_floating_point():
+                expected[k] = d * expected[k] + (1 - d) * v
+            else:
+                expected[k] = v.clone().float()
+        update_ema(averager, net, decay)
+    got = averager.module.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k].float(), v, msg=k)
+    assert int(averager.n_averaged) == 6
+
+
+def test_compile_time_is_paid_before_the_first_epoch_and_changes_nothing():
+    splits = DataSplits(train=separable_set(64), val=separable_set(20, seed=1))
+    cfg = quick_cfg(epochs=1, batch_size=32, **{"augment.cutout_size": 8})
+    eager = train(TINY, cfg, splits, device="cpu")
+    compiled = train(TINY, cfg.replace(compile=True), splits, device="cpu")
+    assert compiled.metrics["compile_seconds"] > 0 and eager.metrics["compile_seconds"] == 0
+    assert compiled.history[0]["compile_seconds"] == compiled.metrics["compile_seconds"]
+    # The warm-up batch left no trace: same weights and BatchNorm statistics as eager,
+    # up to the order in which compiled kernels add.
+    a, b = eager.model.state_dict(), compiled.model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-4, rtol=1e-4, msg=key)
+    assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"])
 
 
 def test_nan_loss_stops_with_a_clear_error():

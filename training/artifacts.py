@@ -19,7 +19,12 @@ PACKAGE = "resnet-tune"
 
 @cache
 def code_version() -> str:
-    """Package version plus the git commit (and '-dirty' for uncommitted changes) when known."""
+    """Package version plus the git commit (and '-dirty' for uncommitted changes) when known.
+
+    RESNET_TUNE_CODE_VERSION overrides it, for copies of the tree without git metadata (a
+    container build context, a working tree copied to another machine)."""
+    if os.environ.get("RESNET_TUNE_CODE_VERSION"):
+        return os.environ["RESNET_TUNE_CODE_VERSION"]
     try:
         base = version(PACKAGE)
     except PackageNotFoundError:

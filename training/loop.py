@@ -15,6 +15,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -148,36 +149,40 @@ class Lookahead:
         self.steps = state["steps"]
 
 
-def _ema_with_warmup(decay: float):
-    """EMA whose decay ramps up as (1 + n) / (10 + n) toward `decay`, so that short runs
-    (a few hundred steps, as in early search trials) are not stuck near the initial weights.
-    The ramp is computed on the device from the step count, with no host synchronisation."""
+@torch.no_grad()
+def update_ema(averager: swa_utils.AveragedModel, model: nn.Module, decay: float) -> None:
+    """One EMA step of `averager` toward `model` (parameters and BatchNorm buffers).
 
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor):
-        if not torch.is_floating_point(averaged[0]):  # e.g. BatchNorm's num_batches_tracked
-            torch._foreach_copy_(averaged, current)
-            return
-        d = torch.clamp((1.0 + n) / (10.0 + n), max=decay).to(averaged[0].dtype)
-        torch._foreach_mul_(averaged, d)
-        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - d))
-
-    return update
+    The decay ramps up as (1 + n) / (10 + n) toward `decay`, so that short runs (a few
+    hundred steps, as in early search trials) are not stuck near the initial weights; the
+    first step copies. The step count n stays on the device and nothing here reads it on
+    the host: AveragedModel.update_parameters compares it with 0 and copies it to the
+    device on every call, and either one makes the host wait for the GPU once a step.
+    """
+    averaged = list(itertools.chain(averager.module.parameters(), averager.module.buffers()))
+    current = list(itertools.chain(model.parameters(), model.buffers()))
+    floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+    counters = [(a, c) for a, c in zip(averaged, current, strict=True) if not a.is_floating_point()]
+    n = averager.n_averaged
+    d = torch.where(n == 0, 0.0, torch.clamp((1.0 + n) / (10.0 + n), max=decay)).float()
+    avg_f = [a for a, _ in floats]
+    torch._foreach_mul_(avg_f, d)
+    torch._foreach_add_(avg_f, torch._foreach_mul([c.detach() for _, c in floats], 1.0 - d))
+    if counters:  # e.g. BatchNorm's num_batches_tracked
+        torch._foreach_copy_([a for a, _ in counters], [c for _, c in counters])
+    n.add_(1)
 
 
 def _make_averager(model: nn.Module, cfg: TrainConfig) -> swa_utils.AveragedModel | None:
     if cfg.weight_averaging == "none":
         return None
     if cfg.weight_averaging == "ema":
-        averager = swa_utils.AveragedModel(
-            model, multi_avg_fn=_ema_with_warmup(cfg.ema_decay), use_buffers=True
-        )
-    else:
-        averager = swa_utils.AveragedModel(model)
-    # AveragedModel compares its step count with 0 on every update; kept on the host, that
-    # comparison does not wait for the GPU.
-    averager.n_averaged = averager.n_averaged.cpu()
-    return averager
+        # Updated by update_ema every step, not by AveragedModel.update_parameters; its step
+        # count lives beside the weights (AveragedModel keeps it on the CPU).
+        averager = swa_utils.AveragedModel(model, use_buffers=True)
+        averager.n_averaged = averager.n_averaged.to(next(model.parameters()).device)
+        return averager
+    return swa_utils.AveragedModel(model)
 
 
 @torch.no_grad()
@@ -372,9 +377,14 @@ def train(
     if resume is not None:
         state.load(resume)
     model = state.model
-    step_model: nn.Module = torch.compile(model) if cfg.compile else model
     cuda = device.type == "cuda"
+    step_model: nn.Module = model
+    compile_seconds = 0.0
+    if cfg.compile:
+        step_model = torch.compile(model)
+        compile_seconds = _compile_before_training(step_model, model, train_set.images, cfg)
     mix_epochs = math.floor(cfg.augment.mix_until * cfg.epochs)
+    start_epoch = state.epoch
 
     while state.epoch < cfg.epochs:
         epoch = state.epoch  # 0-based index of the epoch being trained
@@ -410,7 +420,7 @@ def train(
             else:
                 state.scheduler.step()
             if cfg.weight_averaging == "ema":
-                state.averager.update_parameters(model)
+                update_ema(state.averager, model, cfg.ema_decay)
             loss_sum += loss.detach() * len(index)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(index)
@@ -440,6 +450,8 @@ def train(
             "train_seconds": state.elapsed,
             "params": state.params,
         }
+        if compile_seconds and epoch == start_epoch:
+            metrics["compile_seconds"] = compile_seconds
         if val_set is not None:
             metrics["val_loss"], metrics["val_acc"] = evaluate(
                 state.inference_model(), val_set, cfg, device
@@ -454,6 +466,7 @@ def train(
         "params": state.params,
         "seconds": state.elapsed,
         "seed": cfg.seed,
+        "compile_seconds": compile_seconds,
         "device": str(device),
         "code_version": code_version(),
     }
@@ -466,6 +479,32 @@ def train(
     if splits.test is not None and len(splits.test) and splits.test.labels is not None:
         final["test_loss"], final["test_acc"] = evaluate(final_model, splits.test, cfg, device)
     return TrainResult(model=final_model, metrics=final, history=state.history)
+
+
+def _compile_before_training(
+    step_model: nn.Module, model: nn.Module, images: torch.Tensor, cfg: TrainConfig
+) -> float:
+    """Seconds torch.compile took, paid here on one training batch so that no epoch time
+    contains it. The batch's effects are undone: weights and BatchNorm statistics are
+    restored, gradients dropped, and the random state (dropout) is forked."""
+    started = time.perf_counter()
+    device = images.device
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    x = normalize(images[: min(cfg.batch_size, len(images))])
+    if device.type == "cuda" and cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16
+        ):
+            logits = step_model(x)
+        logits.float().sum().backward()
+    model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
 @torch.no_grad()

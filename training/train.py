@@ -77,6 +77,8 @@ def check_writable_dir(path: Path) -> None:
 def print_epoch(metrics: dict[str, float], total_epochs: int, started: float) -> None:
     """One line per epoch with a progress bar: it reads the same in a terminal and in the
     log lines Ray forwards from a remote task."""
+    if "compile_seconds" in metrics:
+        print(f"torch.compile: {metrics['compile_seconds']:.1f}s, before the first epoch's clock")
     epoch = int(metrics["epoch"])
     elapsed = time.perf_counter() - started
     left = (total_epochs - epoch) * metrics["epoch_seconds"]
