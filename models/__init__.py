@@ -5,6 +5,7 @@ from models.budget import (
     DEFAULT_BUDGET,
     BudgetError,
     check_budget,
+    count_macs,
     count_params,
     stage_param_counts,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ResNet",
     "StageSpec",
     "check_budget",
+    "count_macs",
     "count_params",
     "create_model",
     "describe_model",

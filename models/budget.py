@@ -1,4 +1,4 @@
-"""Parameter counting and the parameter budget.
+"""Parameter and multiply-add counting, and the parameter budget.
 
 Counts come from building the real network on the `meta` device: no memory is allocated,
 no weights are initialised, and there is no formula to keep in sync with the model code.
@@ -7,6 +7,7 @@ no weights are initialised, and there is no formula to keep in sync with the mod
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from models.arch import ArchConfig
 from models.resnet import ResNet
@@ -41,6 +42,16 @@ def _meta_model(arch: ArchConfig) -> ResNet:
 def count_params(arch: ArchConfig) -> int:
     """Trainable parameters of the network `arch` describes."""
     return trainable_params(_meta_model(arch))
+
+
+def count_macs(arch: ArchConfig, image_size: int = 32) -> int:
+    """Multiply-adds of one forward pass of one image (convolutions, linear layers and
+    attention: what torch's FlopCounterMode counts), traced on the meta device."""
+    model = _meta_model(arch)
+    image = torch.empty(1, arch.in_channels, image_size, image_size, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        model(image)
+    return counter.get_total_flops() // 2
 
 
 def stage_param_counts(arch: ArchConfig) -> list[int]:

@@ -1,32 +1,89 @@
 import json
 
+import pytest
+
+from models import ArchConfig, count_macs, count_params, get_arch
 from training import bench
 
 
-def test_tiny_benchmark_writes_json_and_appends_a_dated_table(tmp_path):
+def test_tiny_benchmark_writes_json_and_appends_a_dated_table_only_when_asked(tmp_path):
     out, docs = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    assert bench.main(["--tiny", "--mode", "models", "--out", str(out)]) == 0
+    assert not docs.exists()
     assert bench.main(["--tiny", "--mode", "models", "--out", str(out), "--docs", str(docs)]) == 0
     results = json.loads(out.read_text())
     row = results["models"]["tiny_resnet"]
-    assert row["params"] == 5266
-    for side in ("fast", "usual"):
-        assert row[side]["train_images_per_sec"] > 0
-        assert row[side]["epoch_seconds"] > 0
-    assert row["fast"]["eval_images_per_sec"] > 0
-    assert (
-        row["speedup"] == row["fast"]["train_images_per_sec"] / row["usual"]["train_images_per_sec"]
-    )
+    assert row["params"] == 5266 and row["macs"] == count_macs(get_arch("tiny_resnet"))
+    assert set(row["variants"]) == set(bench.VARIANTS)
+    for side in (*row["variants"].values(), row["usual"]):
+        assert side["train_images_per_sec"] > 0
+        assert side["epoch_seconds"] > 0
+    ours = row["variants"]["ours"]
+    assert ours["eval_images_per_sec"] > 0 and ours["compile_seconds"] == 0.0
+    assert row["speedup"] == ours["train_images_per_sec"] / row["usual"]["train_images_per_sec"]
     text = docs.read_text()
     assert results["date"] in text and "--tiny" in text and "| tiny_resnet | 5,266 |" in text
+    assert "| tiny_resnet | ours, fp32 |" in text
 
     assert bench.main(["--tiny", "--mode", "models", "--out", str(out), "--docs", str(docs)]) == 0
     assert docs.read_text().count("## ") == 2  # appended, not overwritten
 
 
-def test_tiny_packing_runs_one_two_and_four_trials(tmp_path):
+def test_space_mode_times_the_samples_with_the_most_multiply_adds(tmp_path):
     out = tmp_path / "bench.json"
-    assert bench.main(["--tiny", "--mode", "packing", "--out", str(out), "--no-docs"]) == 0
-    rows = json.loads(out.read_text())["packing"]
-    assert [r["concurrent"] for r in rows] == [1, 2, 4]
-    assert all(len(r["per_trial"]) == r["concurrent"] for r in rows)
-    assert all(r["total_images_per_sec"] > 0 for r in rows)
+    assert bench.main(["--tiny", "--mode", "space", "--out", str(out)]) == 0
+    space = json.loads(out.read_text())["space"]
+    assert space["name"] == "tiny" and space["samples"] == bench.TINY.space_samples
+    top = space["top"]
+    assert len(top) == bench.TINY.space_top
+    assert [t["macs"] for t in top] == sorted((t["macs"] for t in top), reverse=True)
+    assert space["median"]["macs"] <= top[-1]["macs"]
+    for t in top:
+        arch = ArchConfig.from_dict(t["arch"])
+        assert t["params"] == count_params(arch) <= space["budget"]
+        assert t["macs"] == count_macs(arch)
+        assert t["fast"]["epoch_seconds"] > 0
+
+
+def test_sample_space_fits_the_budget_and_sorts_by_multiply_adds():
+    samples = bench.sample_space("efficient_resnet", 4, budget=2_000_000, seed=3)
+    assert len(samples) == 4
+    assert all(s["params"] <= 2_000_000 for s in samples)
+    assert [s["macs"] for s in samples] == sorted((s["macs"] for s in samples), reverse=True)
+    assert bench.median_sample(samples)["macs"] in [s["macs"] for s in samples]
+
+
+def test_tiny_packing_runs_one_two_and_four_trials_per_model(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--tiny", "--mode", "packing", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["packing"]) == {"tiny_resnet", "median tiny sample"}
+    for rows in results["packing"].values():
+        assert [r["concurrent"] for r in rows] == [1, 2, 4]
+        assert all(len(r["per_trial"]) == r["concurrent"] for r in rows)
+        assert all(r["total_images_per_sec"] > 0 for r in rows)
+
+
+def test_profile_reports_kernels_and_the_busy_share(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--tiny", "--mode", "profile", "--out", str(out)]) == 0
+    profile = json.loads(out.read_text())["profile"]
+    assert profile["model"] == "tiny_resnet" and profile["epoch_seconds_profiled"] > 0
+    assert "convolution" in profile["top_kernels"]
+    assert profile["device_busy_fraction"] == 0.0  # a CPU run launches no device kernels
+
+
+@pytest.mark.parametrize(
+    ("totals", "expected"),
+    [
+        ((100, 105, 108), 1.0),  # packing gains less than 10%: one trial per GPU
+        ((100, 150, 160), 0.5),  # two gain, four add little over two
+        ((100, 150, 200), 0.25),
+        ((100, 90, 200), 0.25),  # four beat one by far even though two did not
+    ],
+)
+def test_pick_gpus_per_trial_follows_the_packing_gain(totals, expected):
+    rows = [
+        {"concurrent": k, "total_images_per_sec": t} for k, t in zip((1, 2, 4), totals, strict=True)
+    ]
+    assert bench.pick_gpus_per_trial(rows) == expected

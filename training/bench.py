@@ -1,16 +1,24 @@
 """Training and evaluation speed: this project's loop against the usual notebook loop.
 
-    python -m training.bench                 # every seed preset, then packing, on the GPU
-    python -m training.bench --mode packing  # 1, 2 and 4 concurrent trials on one GPU
-    python -m training.bench --tiny          # a tiny CPU version (what CI runs), no timing claims
+    python -m training.bench                   # everything below, on the GPU
+    python -m training.bench --mode models     # the presets: our loop, ablations, usual loop
+    python -m training.bench --mode space      # the default space's largest samples
+    python -m training.bench --mode packing    # 1, 2 and 4 concurrent trials on one GPU
+    python -m training.bench --mode profile    # the top kernels and the GPU's busy share
+    python -m training.bench --tiny            # a tiny CPU version (what CI runs), no timing claims
 
-For each model: training images/s and seconds per epoch of `training.loop.train` (data
-resident on the device, whole-batch augmentation, bf16, channels_last), evaluation images/s,
-peak GPU memory; then the same model under "the usual loop" (torchvision PIL transforms, a
-DataLoader with worker processes, fp32, `.item()` every step, as the seed reports trained),
-and the ratio. Images are random pixels: speed does not depend on their content.
-Results go to a JSON file and, as a dated table with the device and command, to
-docs/benchmarks.md.
+For each preset: training images/s and seconds per epoch of `training.loop.train` (data
+resident on the device, whole-batch augmentation, bf16, channels_last), the same without
+bf16 and without channels_last (what each contributes), evaluation time of the test-set
+size, peak GPU memory; then the same model under "the usual loop" (torchvision PIL
+transforms, a DataLoader with worker processes, fp32, `.item()` every step, as the seed
+reports trained), and the ratio. The space mode samples a few hundred networks of the
+default search space under the budget, counts their multiply-adds on the meta device and
+times the largest. Packing starts 1, 2 and 4 trials as separate processes that begin their
+timed epoch together. Images are random pixels: speed does not depend on their content.
+
+Results go to a JSON file (--out) and, with --docs FILE, as a dated section to a markdown
+file (docs/benchmarks.md is where measured sections are kept).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import platform
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,28 +37,58 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models import SEED_MODELS, count_params, create_model, get_arch
+from models import DEFAULT_BUDGET, ArchConfig, count_macs, count_params, get_arch
 from training.artifacts import code_version, write_json, write_text
 from training.data import ImageSet
-from training.loop import DataSplits, predict_logits, resolve_device, train
+from training.loop import DataSplits, TrainState, predict_logits, resolve_device, train
 from training.recipes import get_recipe
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+MODES = ("all", "models", "space", "packing", "profile")
 
 
 @dataclass(frozen=True)
 class BenchSize:
     train_images: int  # images per measured training epoch
-    eval_images: int
+    eval_images: int  # images of the timed evaluation (the test set's size)
     usual_steps: int  # steps timed for the usual loop (it is too slow for a whole epoch)
-    batch_size: int
-    usual_workers: int
+    batch_size: int  # training images per step, for every loop measured here
+    usual_workers: int  # DataLoader worker processes of the usual loop
+    packing_images: int  # images per epoch of each concurrent trial
+    profile_images: int  # images of the profiled epoch
+    space_samples: int  # networks drawn from the search space
+    space_top: int  # of those, the ones with the most multiply-adds that are timed
 
 
 FULL = BenchSize(
-    train_images=50_000, eval_images=10_000, usual_steps=120, batch_size=512, usual_workers=8
+    train_images=50_000,
+    eval_images=10_000,
+    usual_steps=120,
+    batch_size=512,
+    usual_workers=8,
+    packing_images=25_000,
+    profile_images=10_240,
+    space_samples=300,
+    space_top=8,
 )
-TINY = BenchSize(train_images=256, eval_images=256, usual_steps=4, batch_size=64, usual_workers=0)
+TINY = BenchSize(
+    train_images=256,
+    eval_images=256,
+    usual_steps=4,
+    batch_size=64,
+    usual_workers=0,
+    packing_images=128,
+    profile_images=128,
+    space_samples=6,
+    space_top=2,
+)
+
+# What each ablation turns off, relative to our loop as it trains (bf16 autocast and
+# channels_last on CUDA; on a CPU both are ignored, so the rows only prove the code path).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ours": {},
+    "ours, fp32": {"bf16": False},
+    "ours, no channels_last": {"channels_last": False},
+}
 
 
 def random_set(n: int, seed: int = 0) -> ImageSet:
@@ -64,46 +103,62 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_fast(
-    model_name: str, size: BenchSize, device: torch.device, compile: bool
-) -> dict[str, Any]:
-    """This project's loop: two epochs; the second is timed (the first pays cudnn autotuning
-    and, with --compile, compilation, reported separately)."""
-    cfg = get_recipe(
+def _bench_config(size: BenchSize, n_images: int, **overrides: Any):
+    return get_recipe(
         "default",
         epochs=2,
-        batch_size=size.batch_size,
+        batch_size=min(size.batch_size, n_images),
         warmup_epochs=0.0,
         weight_averaging="none",
         tta_flip=False,
-        compile=compile,
         val_size=0,
-    )
+    ).replace(**overrides)
+
+
+def bench_fast(
+    arch: ArchConfig,
+    size: BenchSize,
+    device: torch.device,
+    *,
+    evaluate: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """This project's loop: two epochs; the second is timed (the first pays cudnn autotuning
+    and, with compile, compilation, which the loop reports on its own)."""
+    cfg = _bench_config(size, size.train_images, **overrides)
     data = DataSplits(train=random_set(size.train_images))
     epochs: list[dict[str, float]] = []
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    result = train(
-        get_arch(model_name), cfg, data, report=lambda m, s: epochs.append(m), device=device
-    )
+    result = train(arch, cfg, data, report=lambda m, s: epochs.append(m), device=device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-
-    images = random_set(size.eval_images, seed=1).images.to(device)
-    predict_logits(result.model, images[: cfg.eval_batch_size], device=device)  # warm-up
-    _sync(device)
-    started = time.perf_counter()
-    predict_logits(result.model, images, batch_size=cfg.eval_batch_size, device=device)
-    _sync(device)
-    eval_seconds = time.perf_counter() - started
     timed = epochs[-1]
-    return {
+    row: dict[str, Any] = {
         "train_images_per_sec": timed["images_per_sec"],
         "epoch_seconds": timed["epoch_seconds"],
         "first_epoch_seconds": epochs[0]["epoch_seconds"],
-        "eval_images_per_sec": len(images) / eval_seconds,
-        "eval_seconds": eval_seconds,
+        "compile_seconds": result.metrics.get("compile_seconds", 0.0),
         "peak_gpu_gib": peak,
     }
+    if evaluate:
+        row.update(bench_eval(result.model, size, device, cfg.eval_batch_size))
+    return row
+
+
+def bench_eval(
+    model: torch.nn.Module, size: BenchSize, device: torch.device, batch_size: int
+) -> dict[str, float]:
+    """Evaluation of `eval_images` images (no test-time flip). One untimed pass first: cudnn
+    autotunes each new batch shape, and the last batch of 10,000 is a shape of its own."""
+    images = random_set(size.eval_images, seed=1).images.to(device)
+    predict_logits(model, images, batch_size=batch_size, device=device)
+    _sync(device)
+    started = time.perf_counter()
+    predict_logits(model, images, batch_size=batch_size, device=device)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return {"eval_images_per_sec": len(images) / seconds, "eval_seconds": seconds}
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -132,8 +187,10 @@ class _PILDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def bench_usual(model_name: str, size: BenchSize, device: torch.device) -> dict[str, Any]:
+def bench_usual(arch: ArchConfig, size: BenchSize, device: torch.device) -> dict[str, Any]:
     """The usual loop: DataLoader workers, PIL transforms, fp32, a host sync every step."""
+    from models import ResNet
+
     n = size.batch_size * (size.usual_steps + 5)
     loader = torch.utils.data.DataLoader(
         _PILDataset(random_set(n)),
@@ -144,7 +201,7 @@ def bench_usual(model_name: str, size: BenchSize, device: torch.device) -> dict[
         drop_last=True,
         persistent_workers=False,
     )
-    model = create_model(model_name).to(device).train()
+    model = ResNet(arch).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     started, seen, running = None, 0, 0.0
     for step, (x, y) in enumerate(loader):
@@ -164,27 +221,164 @@ def bench_usual(model_name: str, size: BenchSize, device: torch.device) -> dict[
     return {"train_images_per_sec": rate, "epoch_seconds": size.train_images / rate}
 
 
-def _packed_worker(args: tuple[str, int, str, int]) -> float:
-    model_name, n_images, device, batch_size = args
+# --- The search space's networks.
+
+
+def _resolve_sample(job: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
+    from search_spaces import get_space
+
+    space_name, raw, budget = job
+    arch, _, params, scale = get_space(space_name).resolve(raw, budget)
+    return {
+        "arch": arch.to_dict(),
+        "params": params,
+        "width_scale": scale,
+        "macs": count_macs(arch),
+        "stages": " ".join(f"{s.blocks}x{s.channels}" for s in arch.stages),
+    }
+
+
+def sample_space(space_name: str, n: int, budget: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` networks of a search space as a search's random start draws them, each fitted to
+    the budget as a trial would be, with its parameters and multiply-adds; most first."""
+    import optuna
+
+    from search_spaces import get_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = get_space(space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    jobs = []
+    for _ in range(n):
+        trial = study.ask()
+        space.suggest(trial)
+        jobs.append((space_name, dict(trial.params), budget))
+    workers = min(len(jobs), os.cpu_count() or 1, 16)
+    if workers > 2 and len(jobs) > 20:  # fitting to the budget builds ~10 meta models each
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            samples = list(pool.map(_resolve_sample, jobs, chunksize=4))
+    else:
+        samples = [_resolve_sample(job) for job in jobs]
+    return sorted(samples, key=lambda s: s["macs"], reverse=True)
+
+
+def median_sample(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sample with the median multiply-adds."""
+    by_macs = sorted(samples, key=lambda s: s["macs"])
+    return by_macs[len(by_macs) // 2]
+
+
+# --- Packing several trials on one device.
+
+
+def _packed_worker(
+    arch_dict: dict[str, Any], size: BenchSize, device: str, barrier: Any, results: Any
+) -> None:
+    """One trial of the packing benchmark: an untimed epoch, then, once every trial has
+    finished its own, a timed epoch that all of them run at the same time."""
     torch.set_num_threads(1)
-    size = BenchSize(n_images, 512, 0, batch_size, 0)
-    return bench_fast(model_name, size, torch.device(device), compile=False)["train_images_per_sec"]
+    marks: dict[str, float] = {}
+
+    def report(metrics: dict[str, float], state: TrainState) -> None:
+        if metrics["epoch"] == 1:
+            barrier.wait()
+            marks["start"] = time.time()
+        else:
+            marks["end"] = time.time()
+
+    cfg = _bench_config(size, size.packing_images)
+    data = DataSplits(train=random_set(size.packing_images))
+    try:
+        train(ArchConfig.from_dict(arch_dict), cfg, data, report=report, device=device)
+        results.put((marks["start"], marks["end"], size.packing_images))
+    except BaseException as e:  # the parent must not wait forever for this trial
+        barrier.abort()
+        results.put(repr(e))
+        raise
 
 
-def bench_packing(model_name: str, size: BenchSize, device: torch.device) -> list[dict[str, Any]]:
-    """Total training images/s with 1, 2 and 4 trials sharing the device at once."""
+def bench_packing(arch: ArchConfig, size: BenchSize, device: torch.device) -> list[dict[str, Any]]:
+    """Total training images/s with 1, 2 and 4 trials sharing the device at once, counted
+    from the first timed epoch's start to the last one's end (no credit for stragglers)."""
     import multiprocessing as mp
 
+    ctx = mp.get_context("spawn")
     rows = []
     for k in (1, 2, 4):
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(k) as pool:
-            rates = pool.map(
-                _packed_worker, [(model_name, size.train_images, str(device), size.batch_size)] * k
+        barrier, results = ctx.Barrier(k), ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=_packed_worker, args=(arch.to_dict(), size, str(device), barrier, results)
             )
-        rows.append({"concurrent": k, "total_images_per_sec": sum(rates), "per_trial": rates})
-        print(f"  {k} concurrent: {sum(rates):,.0f} images/s in total", flush=True)
+            for _ in range(k)
+        ]
+        for p in procs:
+            p.start()
+        outcomes = [results.get() for _ in procs]
+        for p in procs:
+            p.join()
+        failed = [o for o in outcomes if isinstance(o, str)]
+        if failed:
+            raise RuntimeError(f"a packed trial failed: {failed[0]}")
+        start = min(o[0] for o in outcomes)
+        end = max(o[1] for o in outcomes)
+        total = sum(o[2] for o in outcomes) / (end - start)
+        per_trial = [o[2] / (o[1] - o[0]) for o in outcomes]
+        rows.append({"concurrent": k, "total_images_per_sec": total, "per_trial": per_trial})
+        print(f"  {k} concurrent: {total:,.0f} images/s in total", flush=True)
     return rows
+
+
+def pick_gpus_per_trial(packing_rows: list[dict[str, Any]], min_gain: float = 1.1) -> float:
+    """The GPU share per trial that the packing measurement favours: the most concurrent
+    trials whose total throughput beats the next fewer by at least `min_gain`."""
+    best = packing_rows[0]
+    for row in packing_rows[1:]:
+        if row["total_images_per_sec"] >= min_gain * best["total_images_per_sec"]:
+            best = row
+    return 1.0 / best["concurrent"]
+
+
+# --- Where the time of one epoch goes.
+
+
+def profile_epoch(arch: ArchConfig, size: BenchSize, device: torch.device) -> dict[str, Any]:
+    """torch.profiler over the second of two epochs: the kernels that take the most device
+    time, and how much of the epoch's wall time the device spent running kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    profiler = profile(activities=activities)
+    marks: dict[str, float] = {}
+
+    def report(metrics: dict[str, float], state: TrainState) -> None:
+        if metrics["epoch"] == 1:
+            profiler.start()
+        else:
+            profiler.stop()
+            marks["seconds"] = metrics["epoch_seconds"]
+
+    cfg = _bench_config(size, size.profile_images)
+    train(
+        arch, cfg, DataSplits(train=random_set(size.profile_images)), report=report, device=device
+    )
+    events = profiler.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return {
+        "images": size.profile_images,
+        "epoch_seconds_profiled": marks["seconds"],
+        "kernel_seconds": kernel_us / 1e6,
+        "device_busy_fraction": kernel_us / 1e6 / marks["seconds"],
+        "top_kernels": events.table(sort_by=sort_by, row_limit=15, max_name_column_width=60),
+    }
+
+
+# --- Reporting.
 
 
 def device_name(device: torch.device) -> str:
@@ -194,45 +388,90 @@ def device_name(device: torch.device) -> str:
 
 
 def format_tables(results: dict[str, Any]) -> str:
-    lines = []
+    lines: list[str] = []
     if results.get("models"):
         lines += [
-            "| model | params | ours: img/s | ours: s/epoch | eval img/s | eval s | peak GiB "
+            "| model | params | GMACs/image | ours: img/s | ours: s/epoch | eval s | peak GiB "
             "| usual: img/s | usual: s/epoch | speed-up |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in results["models"].items():
-            f, u = r["fast"], r["usual"]
+            f, u = r["variants"]["ours"], r["usual"]
             lines.append(
-                f"| {name} | {r['params']:,} | {f['train_images_per_sec']:,.0f} | "
-                f"{f['epoch_seconds']:.2f} | {f['eval_images_per_sec']:,.0f} | "
+                f"| {name} | {r['params']:,} | {r['macs'] / 1e9:.2f} | "
+                f"{f['train_images_per_sec']:,.0f} | {f['epoch_seconds']:.2f} | "
                 f"{f['eval_seconds']:.3f} | {f['peak_gpu_gib']:.2f} | "
                 f"{u['train_images_per_sec']:,.0f} | {u['epoch_seconds']:.1f} | "
                 f"{r['speedup']:.1f}x |"
             )
+        lines += [
+            "",
+            "| model | variant | img/s | s/epoch | relative to ours |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in results["models"].items():
+            base = r["variants"]["ours"]["train_images_per_sec"]
+            for variant, v in r["variants"].items():
+                lines.append(
+                    f"| {name} | {variant} | {v['train_images_per_sec']:,.0f} | "
+                    f"{v['epoch_seconds']:.2f} | {v['train_images_per_sec'] / base:.2f}x |"
+                )
+    if results.get("space"):
+        s = results["space"]
+        lines += [
+            "",
+            f"The {len(s['top'])} networks with the most multiply-adds among {s['samples']} "
+            f"samples of space `{s['name']}` (budget {s['budget']:,}):",
+            "",
+            "| rank | stages | params | GMACs/image | img/s | s/epoch | peak GiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for i, t in enumerate(s["top"], 1):
+            f = t["fast"]
+            lines.append(
+                f"| {i} | {t['stages']} | {t['params']:,} | {t['macs'] / 1e9:.2f} | "
+                f"{f['train_images_per_sec']:,.0f} | {f['epoch_seconds']:.2f} | "
+                f"{f['peak_gpu_gib']:.2f} |"
+            )
+        m = s["median"]
+        lines.append(
+            f"\nMedian sample: {m['stages']}, {m['params']:,} params, "
+            f"{m['macs'] / 1e9:.2f} GMACs/image."
+        )
     if results.get("packing"):
         lines += [
             "",
-            f"Packing `{results['packing_model']}` on one device:",
+            f"Packing on one device ({results['packing_images']:,} images per trial-epoch):",
             "",
-            "| concurrent trials | total img/s | gain over one |",
-            "|---|---|---|",
+            "| model | concurrent trials | total img/s | gain over one |",
+            "|---|---|---|---|",
         ]
-        base = results["packing"][0]["total_images_per_sec"]
-        for row in results["packing"]:
-            lines.append(
-                f"| {row['concurrent']} | {row['total_images_per_sec']:,.0f} | "
-                f"{row['total_images_per_sec'] / base:.2f}x |"
-            )
+        for label, rows in results["packing"].items():
+            base = rows[0]["total_images_per_sec"]
+            for row in rows:
+                lines.append(
+                    f"| {label} | {row['concurrent']} | {row['total_images_per_sec']:,.0f} | "
+                    f"{row['total_images_per_sec'] / base:.2f}x |"
+                )
+    if results.get("profile"):
+        p = results["profile"]
+        lines += [
+            "",
+            f"Profile of one epoch of `{p['model']}` on {p['images']:,} images: "
+            f"{p['epoch_seconds_profiled']:.3f} s of wall time (profiler on), "
+            f"{p['kernel_seconds']:.3f} s of kernels: the device was busy "
+            f"{p['device_busy_fraction']:.0%} of the epoch.",
+        ]
     return "\n".join(lines)
 
 
-def append_docs(results: dict[str, Any], path: Path = DOCS) -> None:
+def append_docs(results: dict[str, Any], path: Path) -> None:
     header = "# Benchmarks\n\nEach section was written by `python -m training.bench`.\n"
     old = path.read_text() if path.exists() else header
     section = (
         f"\n## {results['date']} on {results['device']}\n\n"
-        f"Command: `{results['command']}`; code {results['code_version']}; "
+        f"Command: `{results['command']}`; code {results['code_version']}; torch "
+        f"{results['torch']}; batch {results['batch_size']}; "
         f"{results['train_images']:,} training images per epoch"
         f"{'; tiny CPU smoke run, not a speed claim' if results['tiny'] else ''}.\n\n"
         f"{format_tables(results)}\n"
@@ -240,29 +479,34 @@ def append_docs(results: dict[str, Any], path: Path = DOCS) -> None:
     write_text(path, old + section)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--mode", choices=["all", "models", "packing"], default="all")
-    p.add_argument("--models", nargs="*", default=sorted(SEED_MODELS.values()))
-    p.add_argument("--packing-model", default="efficient_resnet")
+    p.add_argument("--mode", choices=MODES, default="all")
+    p.add_argument(
+        "--models", nargs="*", default=["efficient_resnet"], help="registered model presets"
+    )
+    p.add_argument("--space", default="efficient_resnet", help="search space to sample")
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="parameter budget")
     p.add_argument("--tiny", action="store_true", help="tiny CPU run for CI; no timing claims")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--compile", action="store_true", help="torch.compile in our loop")
+    p.add_argument("--compile", action="store_true", help="add a torch.compile variant")
     p.add_argument("--out", type=Path, default=Path("bench_results.json"))
-    p.add_argument("--docs", type=Path, default=DOCS, help="markdown file to append to")
-    p.add_argument("--no-docs", action="store_true", help="do not append to the docs")
-    args = p.parse_args(argv)
+    p.add_argument("--docs", type=Path, help="markdown file to append a dated section to")
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     size = TINY if args.tiny or device.type == "cpu" else FULL
     tiny = size is TINY
-    models = (
-        ["tiny_resnet"] if tiny and args.models == sorted(SEED_MODELS.values()) else args.models
-    )
+    models = ["tiny_resnet"] if tiny and args.models == ["efficient_resnet"] else args.models
+    space_name = "tiny" if tiny and args.space == "efficient_resnet" else args.space
+    budget = args.budget
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "device": device_name(device),
@@ -272,29 +516,73 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "tiny": tiny,
         "train_images": size.train_images,
+        "batch_size": size.batch_size,
         "models": {},
-        "packing": [],
     }
-    if args.mode in ("all", "models"):
+    mode = args.mode
+    variants = dict(VARIANTS)
+    if args.compile:
+        variants["ours, compiled"] = {"compile": True}
+    if mode in ("all", "models"):
         for name in models:
-            print(f"{name}: our loop...", flush=True)
-            fast = bench_fast(name, size, device, args.compile)
-            print(f"{name}: the usual loop...", flush=True)
-            usual = bench_usual(name, size, device)
-            results["models"][name] = {
-                "params": count_params(get_arch(name)),
-                "fast": fast,
-                "usual": usual,
-                "speedup": fast["train_images_per_sec"] / usual["train_images_per_sec"],
+            arch = get_arch(name)
+            row: dict[str, Any] = {
+                "params": count_params(arch),
+                "macs": count_macs(arch),
+                "variants": {},
             }
-    if args.mode in ("all", "packing"):
-        model = "tiny_resnet" if tiny else args.packing_model
-        print(f"packing {model}:", flush=True)
-        results["packing_model"] = model
-        results["packing"] = bench_packing(model, size, device)
+            for variant, overrides in variants.items():
+                print(f"{name}: {variant}...", flush=True)
+                row["variants"][variant] = bench_fast(arch, size, device, **overrides)
+                if overrides.get("compile"):
+                    print(
+                        f"{name}: torch.compile took "
+                        f"{row['variants'][variant]['compile_seconds']:.1f} s (not in any "
+                        "epoch time)",
+                        flush=True,
+                    )
+            print(f"{name}: the usual loop...", flush=True)
+            row["usual"] = bench_usual(arch, size, device)
+            row["speedup"] = (
+                row["variants"]["ours"]["train_images_per_sec"]
+                / row["usual"]["train_images_per_sec"]
+            )
+            results["models"][name] = row
+    median = None
+    if mode in ("all", "space", "packing"):
+        print(f"sampling {size.space_samples} networks of space {space_name}...", flush=True)
+        samples = sample_space(space_name, size.space_samples, budget)
+        median = median_sample(samples)
+        results["space"] = {
+            "name": space_name,
+            "budget": budget,
+            "samples": len(samples),
+            "macs_median": median["macs"],
+            "median": median,
+            "top": [],
+        }
+        if mode in ("all", "space"):
+            for i, sample in enumerate(samples[: size.space_top], 1):
+                print(f"space sample {i} ({sample['stages']}, {sample['macs'] / 1e9:.2f} GMACs)")
+                fast = bench_fast(ArchConfig.from_dict(sample["arch"]), size, device)
+                results["space"]["top"].append({**sample, "fast": fast})
+    if mode in ("all", "packing"):
+        results["packing_images"] = size.packing_images
+        results["packing"] = {}
+        targets = {models[0]: get_arch(models[0])}
+        if median is not None:
+            targets[f"median {space_name} sample"] = ArchConfig.from_dict(median["arch"])
+        for label, arch in targets.items():
+            print(f"packing {label}:", flush=True)
+            results["packing"][label] = bench_packing(arch, size, device)
+    if mode in ("all", "profile"):
+        print(f"profiling one epoch of {models[0]}...", flush=True)
+        profile = profile_epoch(get_arch(models[0]), size, device)
+        results["profile"] = {"model": models[0], **profile}
+        print(profile["top_kernels"], flush=True)
     print(format_tables(results))
     write_json(args.out, results)
-    if not args.no_docs:
+    if args.docs:
         append_docs(results, args.docs)
     return 0
 
