@@ -54,6 +54,8 @@ class SearchSpace:
     suggest: Callable[[Suggester], None]  # define-by-run: asks for the raw parameters
     build: Callable[[Params], tuple[ArchConfig, TrainConfig]]  # raw parameters -> configs
     fixed_trials: tuple[Params, ...] = ()  # a fixed set of trials instead of sampling
+    # Known-good raw parameters the search tries first (then samples as usual).
+    starting_points: tuple[Params, ...] = ()
 
     def sample(self, trial: Suggester, budget: int) -> Params:
         """Suggest one configuration; return the constants OptunaSearch adds to it."""

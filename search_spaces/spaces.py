@@ -94,6 +94,44 @@ def _build_efficient(p: Params) -> tuple[ArchConfig, TrainConfig]:
     return arch, cfg
 
 
+# The first trial of an efficient_resnet search: report 003's stage shape (4x64, 4x128,
+# 3x256, stem 64) trained with the project's `default` recipe (Nesterov SGD at batch 512,
+# warm-up + cosine, label smoothing 0.1, EMA, no mixing). The search judges it like any
+# other trial, so a search always has one configuration known to train well to beat.
+EFFICIENT_START: Params = {
+    "num_stages": 3,
+    "stem_channels": 64,
+    "blocks_0": 4,
+    "channels_0": 64,
+    "blocks_1": 4,
+    "channels_1": 128,
+    "blocks_2": 3,
+    "channels_2": 256,
+    "block": "basic",
+    "activation": "relu",
+    "se": False,
+    "block_dropout": 0.0,
+    "head_dropout": 0.0,
+    "optimizer": "sgd",
+    "sgd_lr": 0.2,
+    "sgd_weight_decay": 5e-4,
+    "momentum": 0.9,
+    "nesterov": True,
+    "batch_size": 512,
+    "schedule": "cosine",
+    "warmup_epochs": 1.0,
+    "label_smoothing": 0.1,
+    "mixup_p": 0.0,
+    "mixup_alpha": 0.2,
+    "cutmix_p": 0.0,
+    "cutmix_alpha": 0.5,
+    "erasing_p": 0.0,
+    "trivial_augment": False,
+    "ema": True,
+    "grad_clip_norm": 0.0,
+}
+
+
 # --- seeds: the five reports' networks with their own recipes, as fixed trials.
 
 
@@ -116,6 +154,17 @@ def _suggest_tiny(t: Suggester) -> None:
     t.suggest_categorical("se", [False, True])
     t.suggest_float("lr", 0.01, 0.3, log=True)
     t.suggest_categorical("batch_size", [32, 64])
+
+
+TINY_START: Params = {
+    "num_stages": 2,
+    "channels_0": 16,
+    "channels_1": 32,
+    "activation": "relu",
+    "se": False,
+    "lr": 0.1,
+    "batch_size": 32,
+}
 
 
 def _build_tiny(p: Params) -> tuple[ArchConfig, TrainConfig]:
@@ -141,6 +190,7 @@ SPACES: dict[str, SearchSpace] = {
             "plus optimizer, schedule, regularization and augmentation (the default)",
             _suggest_efficient,
             _build_efficient,
+            starting_points=(EFFICIENT_START,),
         ),
         SearchSpace(
             "seeds",
@@ -154,6 +204,7 @@ SPACES: dict[str, SearchSpace] = {
             "1-2 stages of 8-32 channels and a learning rate: CPU smoke runs and tests",
             _suggest_tiny,
             _build_tiny,
+            starting_points=(TINY_START,),
         ),
     )
 }

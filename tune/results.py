@@ -72,6 +72,8 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
             status = "error"
         elif epochs >= max_epochs:
             status = "completed"
+        elif epochs == 0:
+            status = "not_run"  # e.g. still waiting for resources when the time budget ended
         else:
             status = "stopped_early"
         row: dict[str, Any] = {
@@ -209,7 +211,7 @@ def write_report(
     rungs: list[tuple[int, int]],
     best: dict[str, Any] | None,
     final: dict[str, Any] | None,
-    baseline: pd.DataFrame | None,
+    baseline: dict[str, Any] | None,
     settings: dict[str, Any],
 ) -> Path:
     """report.md with its plots beside it."""
@@ -252,7 +254,7 @@ def write_report(
         lines += ["## Best trials", "", _markdown_table(top), ""]
     if best:
         lines += ["## Best configuration against the seed baselines", ""]
-        lines += _comparison_lines(best, final, baseline)
+        lines += _comparison_lines(best, final, baseline, settings)
     if final:
         lines += ["## Retrained on train + validation", ""]
         lines += [
@@ -274,31 +276,76 @@ def write_report(
     return write_text(exp_dir / "report.md", "\n".join(lines))
 
 
-def _comparison_lines(
-    best: dict[str, Any], final: dict[str, Any] | None, baseline: pd.DataFrame | None
-) -> list[str]:
-    rows = [
-        "| | parameters | best validation accuracy | test accuracy (retrained) |",
-        "|---|---|---|---|",
-    ]
-    test = f"{final['test_acc_mean']:.2%}" if final else "not retrained"
-    rows.append(
-        f"| this search's best | {best['params']:,} | {best['best_val_acc']:.2%} | {test} |"
+def gpu_minutes(best: dict[str, Any] | None, final: dict[str, Any] | None) -> float | None:
+    """GPU-minutes an experiment held: the search's and the retrain's wall time times the
+    cluster's GPUs (the GPUs were the search's alone while it ran)."""
+    if not best or not best.get("cluster_gpus"):
+        return None
+    seconds = best.get("search_seconds", 0.0) + (final or {}).get("wall_seconds", 0.0)
+    return seconds * best["cluster_gpus"] / 60
+
+
+def _test_text(final: dict[str, Any] | None) -> str:
+    if not final:
+        return "not retrained"
+    return (
+        f"{final['test_acc_mean']:.2%} ± {final['test_acc_std']:.2%} "
+        f"({len(final['test_acc'])} seeds)"
     )
-    if baseline is not None and len(baseline):
-        b = baseline.iloc[0]
-        rows.append(
-            f"| best seed baseline, same data (`{b.get('config/preset', b['trial_id'])}`) | "
-            f"{int(b['params']):,} | {b['best_val_acc']:.2%} | |"
-        )
-        rows += ["", "Baseline measured by a `--space seeds` search in the same storage folder."]
-    else:
-        rows += [
+
+
+def _minutes_text(minutes: float | None) -> str:
+    return f"{minutes:.1f}" if minutes is not None else "no GPU"
+
+
+def _comparison_lines(
+    best: dict[str, Any],
+    final: dict[str, Any] | None,
+    baseline: dict[str, Any] | None,
+    settings: dict[str, Any] | None = None,
+) -> list[str]:
+    epochs = (final or {}).get("epochs", (settings or {}).get("retrain_epochs", ""))
+    rows = [
+        "| | network | parameters | validation accuracy | test accuracy, mean ± std | epochs "
+        "| GPU-minutes |",
+        "|---|---|---|---|---|---|---|",
+        f"| this search's best (trial {best['trial_id']}) | {best.get('stages', '')} | "
+        f"{best['params']:,} | {best['best_val_acc']:.2%} | {_test_text(final)} | {epochs} | "
+        f"{_minutes_text(gpu_minutes(best, final))} |",
+    ]
+    if baseline is None:
+        return [
+            *rows,
             "",
             "No `--space seeds` experiment was found in the storage folder, so there is no "
             "measured baseline on this data. The seed reports claimed (on the lossless original, "
             "selected on the test set): "
             + ", ".join(f"`{k}` {v:.2%}" for k, v in SEED_REPORTED_ACC.items())
             + ".",
+            "",
         ]
-    return [*rows, ""]
+    b_final, b_best = baseline.get("final"), baseline.get("best")
+    b_epochs = (b_final or {}).get("epochs", baseline["epochs"])
+    rows.append(
+        f"| best seed network (`{baseline['preset']}`) | {baseline.get('stages', '')} | "
+        f"{baseline['params']:,} | {baseline['best_val_acc']:.2%} | {_test_text(b_final)} | "
+        f"{b_epochs} | {_minutes_text(gpu_minutes(b_best, b_final))} |"
+    )
+    lines = [*rows, ""]
+    if final and b_final:
+        gap = (final["test_acc_mean"] - b_final["test_acc_mean"]) * 100
+        lines.append(f"Mean test accuracy, search minus seed baseline: {gap:+.2f} points.")
+    if epochs != b_epochs:
+        lines.append(
+            f"**Not at equal epochs**: this search retrained for {epochs}, the baseline for "
+            f"{b_epochs}; run `--space seeds --max-epochs {epochs}` for a fair comparison."
+        )
+    lines += [
+        "",
+        f"Every seed network's validation accuracy in `{baseline['experiment']}` "
+        "(`--space seeds`, each report's recipe scaled to the same epochs, none stopped early): "
+        + ", ".join(f"`{k}` {v:.2%}" for k, v in baseline["seed_val_accs"].items())
+        + ".",
+        "",
+    ]
+    return lines

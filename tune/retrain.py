@@ -1,10 +1,13 @@
 """Retrain the best configuration on train + validation with several seeds, test it,
-and predict. Each seed's run checkpoints every epoch and resumes if interrupted."""
+and predict. Each seed's run checkpoints every epoch and resumes if interrupted; the seeds
+can train one after the other (`retrain`) or as concurrent Ray tasks that share a GPU
+(`retrain_seed_in_storage` per seed, then `summarize_in_storage`)."""
 
 from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from training.data import ImageSet
 from training.loop import DataSplits, predict_logits, resolve_device
 from training.predict import write_predictions
 from training.train import run_training
+from tune.storage import ExperimentStorage
 
 
 def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:
@@ -28,45 +32,64 @@ def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:
     )
 
 
-def retrain(
+def retrain_seed(
     arch: ArchConfig,
     cfg: TrainConfig,
     train: ImageSet,
     test: ImageSet,
     out: Path,
+    seed: int,
+    *,
+    device: str = "auto",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one seed into out/seed_<seed>/ (continuing its checkpoint, or keeping it if it
+    already finished) and return its metrics."""
+    folder = out / f"seed_{seed}"
+    seed_cfg = cfg.replace(seed=seed, val_size=0)
+    done = folder / "metrics.json"
+    if done.exists() and json.loads(done.read_text()).get("epochs") == seed_cfg.epochs:
+        print(f"retrain seed {seed}: already finished, kept", flush=True)
+        return json.loads(done.read_text())
+    resume = None
+    if (folder / "checkpoint.pt").exists():
+        resume = load_checkpoint(folder / "checkpoint.pt")
+        print(f"retrain seed {seed}: resuming after epoch {resume['epoch']}", flush=True)
+    print(f"retrain seed {seed}, {seed_cfg.epochs} epochs", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = DataSplits(train=train, val=None, test=test)
+    result = run_training(
+        arch,
+        seed_cfg,
+        splits,
+        folder,
+        device=str(resolve_device(device)),
+        resume=resume,
+        extra=extra,
+    )
+    return result.metrics
+
+
+def summarize(
+    arch: ArchConfig,
+    cfg: TrainConfig,
+    train_images: int,
+    test: ImageSet,
+    out: Path,
+    per_seed: list[dict[str, Any]],
     *,
     seeds: list[int],
     device: str = "auto",
+    gpu_share: float = 1.0,
+    wall_seconds: float = 0.0,
     predict: ImageSet | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one model per seed into out/seed_<s>/, then write out/metrics.json and, given
-    `predict`, out/predictions.csv from the seeds' averaged logits."""
+    """out/metrics.json over the seeds' runs (test accuracy per seed, mean, std, the seeds'
+    averaged predictions) and, given `predict`, out/predictions.csv from those averages."""
     device_obj = resolve_device(device)
-    splits = DataSplits(train=train, val=None, test=test)
-    per_seed = []
-    for i, seed in enumerate(seeds):
-        folder = out / f"seed_{seed}"
-        seed_cfg = cfg.replace(seed=seed, val_size=0)
-        done = folder / "metrics.json"
-        if done.exists() and json.loads(done.read_text()).get("epochs") == seed_cfg.epochs:
-            print(f"retrain seed {seed}: already finished, kept", flush=True)
-            per_seed.append(
-                {**json.loads(done.read_text()), "checkpoint": str(folder / "checkpoint.pt")}
-            )
-            continue
-        resume = None
-        if (folder / "checkpoint.pt").exists():
-            resume = load_checkpoint(folder / "checkpoint.pt")
-            print(f"retrain seed {seed}: resuming after epoch {resume['epoch']}", flush=True)
-        print(f"retrain seed {seed} ({i + 1}/{len(seeds)}), {seed_cfg.epochs} epochs", flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        result = run_training(
-            arch, seed_cfg, splits, folder, device=str(device_obj), resume=resume, extra=extra
-        )
-        per_seed.append({**result.metrics, "checkpoint": str(folder / "checkpoint.pt")})
-
     accs = [r["test_acc"] for r in per_seed]
+    seconds = sum(r["seconds"] for r in per_seed)
     metrics: dict[str, Any] = {
         "test_acc": accs,
         "test_acc_mean": statistics.fmean(accs),
@@ -74,15 +97,17 @@ def retrain(
         "seeds": seeds,
         "epochs": cfg.epochs,
         "params": per_seed[0]["params"],
-        "seconds": sum(r["seconds"] for r in per_seed),
-        "gpu_seconds": sum(r["seconds"] for r in per_seed) if device_obj.type == "cuda" else 0.0,
+        "seconds": seconds,  # training seconds, summed over the seeds
+        # Each seed held `gpu_share` of a GPU while it trained.
+        "gpu_seconds": seconds * gpu_share if device_obj.type == "cuda" else 0.0,
+        "wall_seconds": wall_seconds,  # from the first seed's start to the last one's end
         "device": str(device_obj),
-        "train_images": len(train),
+        "train_images": train_images,
         "test_images": len(test),
         "arch": arch.to_dict(),
         "train_config": cfg.to_dict(),
         "code_version": code_version(),
-        "checkpoints": [r["checkpoint"] for r in per_seed],
+        "checkpoints": [str(out / f"seed_{seed}" / "checkpoint.pt") for seed in seeds],
         **(extra or {}),
     }
     models = [
@@ -102,6 +127,40 @@ def retrain(
     return metrics
 
 
+def retrain(
+    arch: ArchConfig,
+    cfg: TrainConfig,
+    train: ImageSet,
+    test: ImageSet,
+    out: Path,
+    *,
+    seeds: list[int],
+    device: str = "auto",
+    predict: ImageSet | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one model per seed into out/seed_<s>/, one after the other, then write
+    out/metrics.json and, given `predict`, out/predictions.csv."""
+    started = time.perf_counter()
+    per_seed = [
+        retrain_seed(arch, cfg, train, test, out, seed, device=device, extra=extra)
+        for seed in seeds
+    ]
+    return summarize(
+        arch,
+        cfg,
+        len(train),
+        test,
+        out,
+        per_seed,
+        seeds=seeds,
+        device=device,
+        wall_seconds=time.perf_counter() - started,
+        predict=predict,
+        extra=extra,
+    )
+
+
 def _mean_logits(models: list, images: torch.Tensor, cfg: TrainConfig, device) -> torch.Tensor:
     return torch.stack(
         [
@@ -113,36 +172,65 @@ def _mean_logits(models: list, images: torch.Tensor, cfg: TrainConfig, device) -
     ).mean(0)
 
 
-def retrain_in_storage(
+def retrain_seed_in_storage(
     storage_path: str,
     name: str,
     arch: ArchConfig,
     cfg: TrainConfig,
     train: ImageSet,
     test: ImageSet,
+    seed: int,
+    *,
+    device: str,
+    threads: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`retrain_seed` into the experiment's final/seed_<seed>/, wherever the experiment is
+    stored: run as a Ray task, possibly on another node beside other seeds, it first fetches
+    what an interrupted retrain of this seed left there, and copies its folder back."""
+    torch.set_num_threads(threads)
+    storage = ExperimentStorage(storage_path, name)
+    folder = f"final/seed_{seed}"
+    storage.pull(folder)
+    metrics = retrain_seed(
+        arch, cfg, train, test, storage.local_dir / "final", seed, device=device, extra=extra
+    )
+    storage.push(folder)
+    return metrics
+
+
+def summarize_in_storage(
+    storage_path: str,
+    name: str,
+    arch: ArchConfig,
+    cfg: TrainConfig,
+    train_images: int,
+    test: ImageSet,
+    per_seed: list[dict[str, Any]],
     *,
     seeds: list[int],
     device: str,
     threads: int,
+    gpu_share: float,
+    wall_seconds: float,
     predict: ImageSet | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`retrain` into the experiment's final/, wherever the experiment is stored: run as a
-    Ray task, possibly on another node, it first fetches what an earlier, interrupted retrain
-    left there, and copies everything back when done."""
-    from tune.storage import ExperimentStorage
-
+    """`summarize` the seeds' runs in the experiment's final/, wherever it is stored."""
     torch.set_num_threads(threads)
     storage = ExperimentStorage(storage_path, name)
     storage.pull("final")
-    metrics = retrain(
+    metrics = summarize(
         arch,
         cfg,
-        train,
+        train_images,
         test,
         storage.local_dir / "final",
+        per_seed,
         seeds=seeds,
         device=device,
+        gpu_share=gpu_share,
+        wall_seconds=wall_seconds,
         predict=predict,
         extra=extra,
     )

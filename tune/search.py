@@ -91,6 +91,7 @@ class SearchSettings:
     max_batch_size: int | None  # cap on every trial's and the retrain's batch size
     predict: str | None
     reduced: str  # why and how the run was reduced, or ""
+    time_budget_s: float | None = None  # no trial starts after this many seconds; None = none
 
     @property
     def storage(self) -> ExperimentStorage:
@@ -108,7 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--list-spaces", action="store_true", help="list the search spaces and exit")
     a("--data", help="CIFAR-10 folder or archive; omit to download with torchvision")
     a("--budget", type=int, default=DEFAULT_BUDGET, help="max trainable parameters per model")
-    a("--num-samples", type=int, help="trials to run (64; 4 without a GPU)")
+    a(
+        "--num-samples",
+        type=int,
+        help="trials to run (64; 4 without a GPU; unlimited with --time-budget)",
+    )
+    a(
+        "--time-budget",
+        type=parse_duration,
+        help="stop the search after this long (e.g. 90s, 45m, 2h), then retrain the best",
+    )
     a("--max-epochs", type=int, help="epochs of a trial that ASHA never stops (30; 2 without GPU)")
     a("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped (4; 1)")
     a("--reduction-factor", type=int, default=2, help="ASHA: keep 1/this many at each rung")
@@ -126,6 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     a("--full", action="store_true", help="no reduced run even without a GPU")
     a("--skip-retrain", action="store_true", help="stop after the search and its report")
     return p
+
+
+# With --time-budget and no --num-samples, the budget alone ends the search.
+UNLIMITED_SAMPLES = 100_000
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '45m', '2h' or a plain number of seconds -> seconds."""
+    value, unit = text.strip(), "s"
+    if value and value[-1].lower() in _DURATION_UNITS:
+        value, unit = value[:-1], value[-1].lower()
+    try:
+        seconds = float(value) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; write a positive number with s, m or h, e.g. 45m"
+        )
+    return seconds
 
 
 def format_space_list() -> str:
@@ -216,7 +247,9 @@ def resolve_settings(
             + ", ".join(
                 f"{k.replace('_', '-')} {v}"
                 for k, v in REDUCED.items()
-                if getattr(args, k, None) is None and v is not None
+                if getattr(args, k, None) is None
+                and v is not None
+                and not (k == "num_samples" and args.time_budget is not None)
             )
             + " (pass --full or set them to override)"
         )
@@ -224,6 +257,8 @@ def resolve_settings(
         k: getattr(args, k) if getattr(args, k, None) is not None else v
         for k, v in defaults.items()
     }
+    if args.time_budget is not None and args.num_samples is None:
+        pick["num_samples"] = UNLIMITED_SAMPLES
     max_epochs = pick["max_epochs"]
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if have_gpu else 0.0)
     return SearchSettings(
@@ -245,6 +280,7 @@ def resolve_settings(
         max_batch_size=defaults["max_batch_size"],
         predict=str(Path(args.predict).resolve()) if args.predict else None,
         reduced=reduced,
+        time_budget_s=args.time_budget,
     )
 
 
@@ -280,19 +316,15 @@ def _make_tuner(settings: SearchSettings, trainable: Any, slots: int):
     import optuna
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from tune.trainable import SpaceSampler
 
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=settings.max_epochs,
-        grace_period=settings.grace_period,
-        reduction_factor=settings.reduction_factor,
-    )
     space = get_space(settings.space)
     if space.fixed_trials:
+        # Fixed trials are baselines: each runs its whole schedule, none is stopped early.
+        scheduler = FIFOScheduler()
         search_alg = None
         keys = sorted(space.fixed_trials[0])
         param_space: dict[str, Any] = {
@@ -301,6 +333,12 @@ def _make_tuner(settings: SearchSettings, trainable: Any, slots: int):
         param_space.update(space=settings.space, budget=settings.budget, seed=settings.seed)
         num_samples = 1  # the grid itself is the set of trials
     else:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=settings.max_epochs,
+            grace_period=settings.grace_period,
+            reduction_factor=settings.reduction_factor,
+        )
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         search_alg = OptunaSearch(
             space=SpaceSampler(settings.space, settings.budget, settings.seed),
@@ -309,6 +347,9 @@ def _make_tuner(settings: SearchSettings, trainable: Any, slots: int):
             sampler=optuna.samplers.TPESampler(
                 seed=settings.seed, n_startup_trials=max(4, min(10, settings.num_samples // 4))
             ),
+            # The space's known-good configurations are its first trials (Optuna's
+            # enqueue_trial); they are trained and judged like every other trial.
+            points_to_evaluate=[dict(point) for point in space.starting_points] or None,
         )
         param_space = {}
         num_samples = settings.num_samples
@@ -324,6 +365,7 @@ def _make_tuner(settings: SearchSettings, trainable: Any, slots: int):
             trial_dirname_creator=short_trial_dirname,
             # With a searcher Ray starts one trial at a time unless told how many fit.
             max_concurrent_trials=slots or None,
+            time_budget_s=settings.time_budget_s,
         ),
         run_config=ray_tune.RunConfig(
             name=settings.name,
@@ -356,14 +398,19 @@ def _replay_asha(tuner: Any, metric: str = "val_acc") -> int:
     return filled
 
 
+def _fits(available: float, per_trial: float) -> int:
+    """How many shares of `per_trial` fit in `available`; 1 / 0.2 is 5, not float's 4."""
+    return int(available / per_trial + 1e-9) if per_trial > 0 else 0
+
+
 def trial_slots(settings: SearchSettings, nodes: list[dict[str, Any]]) -> int:
     """How many trials fit on the cluster's live nodes at once (a trial stays on one node)."""
     slots = 0
     for node in nodes:
         res = node.get("Resources", {})
-        by_cpu = int(res.get("CPU", 0) // settings.cpus_per_trial) if settings.cpus_per_trial else 0
+        by_cpu = _fits(res.get("CPU", 0), settings.cpus_per_trial)
         if settings.gpus_per_trial > 0:
-            slots += min(by_cpu, int(res.get("GPU", 0) // settings.gpus_per_trial))
+            slots += min(by_cpu, _fits(res.get("GPU", 0), settings.gpus_per_trial))
         else:
             slots += by_cpu
     return slots
@@ -422,8 +469,10 @@ def collect_records(grid: Any, settings: SearchSettings) -> list[TrialRecord]:
     return records
 
 
-def find_seed_baseline(settings: SearchSettings):
-    """The best trial of the newest `--space seeds` experiment in the same storage folder."""
+def find_seed_baseline(settings: SearchSettings) -> dict[str, Any] | None:
+    """The newest `--space seeds` experiment in the same storage folder, summarized: its best
+    network by validation accuracy, every seed network's validation accuracy, and its
+    retrain's test accuracy and GPU time where it has them."""
     if is_uri(settings.storage_path):
         return None
     for folder in sorted(
@@ -433,11 +482,32 @@ def find_seed_baseline(settings: SearchSettings):
     ):
         table = pd.read_parquet(folder)
         if (
-            "config/space" in table
-            and (table["config/space"] == "seeds").all()
-            and folder.parent != settings.storage.local_dir
+            "config/space" not in table
+            or not (table["config/space"] == "seeds").all()
+            or folder.parent == settings.storage.local_dir
         ):
-            return table.sort_values("best_val_acc", ascending=False).head(1)
+            continue
+        exp = folder.parent
+        ranked = table.dropna(subset=["best_val_acc"]).sort_values("best_val_acc", ascending=False)
+        if not len(ranked):
+            continue
+        top = ranked.iloc[0]
+        baseline: dict[str, Any] = {
+            "experiment": exp.name,
+            "preset": str(top.get("config/preset", top["trial_id"])),
+            "params": int(top["params"]),
+            "stages": str(top.get("stages", "")),
+            "best_val_acc": float(top["best_val_acc"]),
+            "epochs": int(top["epochs_run"]),
+            "seed_val_accs": {
+                str(row.get("config/preset", row["trial_id"])): float(row["best_val_acc"])
+                for _, row in ranked.iterrows()
+            },
+        }
+        for name, key in (("best_config.json", "best"), ("final/metrics.json", "final")):
+            if (exp / name).exists():
+                baseline[key] = json.loads((exp / name).read_text())
+        return baseline
     return None
 
 
@@ -460,28 +530,48 @@ def check_resources(settings: SearchSettings, nodes: list[dict[str, Any]], local
 def retrain_best(
     settings: SearchSettings, arch: Any, cfg: Any, splits: DataSplits, predict: Any, best: dict
 ) -> dict[str, Any]:
-    """The retrain runs as a Ray task, so on a cluster it lands on a GPU worker like a trial."""
+    """The retrain's seeds run as Ray tasks, each with a trial's resources: on a cluster they
+    land on GPU workers like trials, and packed trials mean seeds packed the same way."""
     import ray
 
-    from tune.retrain import concat_sets, retrain_in_storage
+    from tune.retrain import concat_sets, retrain_seed_in_storage, summarize_in_storage
 
     use_gpu = settings.gpus_per_trial > 0
-    task = ray.remote(retrain_in_storage).options(
-        num_cpus=settings.cpus_per_trial, num_gpus=1 if use_gpu else 0
+    resources = {"num_cpus": settings.cpus_per_trial, "num_gpus": settings.gpus_per_trial}
+    seeds = [settings.seed + i for i in range(settings.retrain_seeds)]
+    train = concat_sets(splits.train, splits.val)
+    train_ref, test_ref = ray.put(train), ray.put(splits.test)
+    common = {
+        "device": "cuda" if use_gpu else "cpu",
+        "threads": max(1, int(settings.cpus_per_trial)),
+        "extra": {"search": settings.name, "trial_id": best["trial_id"]},
+    }
+    started = time.perf_counter()
+    seed_task = ray.remote(retrain_seed_in_storage).options(**resources)
+    per_seed = ray.get(
+        [
+            seed_task.remote(
+                settings.storage_path, settings.name, arch, cfg, train_ref, test_ref, seed, **common
+            )
+            for seed in seeds
+        ]
     )
+    wall_seconds = time.perf_counter() - started
+    summary_task = ray.remote(summarize_in_storage).options(**resources)
     return ray.get(
-        task.remote(
+        summary_task.remote(
             settings.storage_path,
             settings.name,
             arch,
             cfg,
-            concat_sets(splits.train, splits.val),
-            splits.test,
-            seeds=[settings.seed + i for i in range(settings.retrain_seeds)],
-            device="cuda" if use_gpu else "cpu",
-            threads=max(1, int(settings.cpus_per_trial)),
+            len(train),
+            test_ref,
+            per_seed,
+            seeds=seeds,
+            gpu_share=min(1.0, settings.gpus_per_trial),
+            wall_seconds=wall_seconds,
             predict=predict,
-            extra={"search": settings.name, "trial_id": best["trial_id"]},
+            **common,
         )
     )
 
@@ -518,9 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     write_json(exp / "search_settings.json", asdict(settings))
     storage.push("search_settings.json")
     splits = make_splits(data, TrainConfig(), settings.subset, seed=settings.seed)
+    count = "" if settings.num_samples >= UNLIMITED_SAMPLES else f"{settings.num_samples} "
+    limit = f" for at most {settings.time_budget_s / 60:.1f} min" if settings.time_budget_s else ""
     print(
-        f"search {settings.name}: space {settings.space}, {settings.num_samples} trials of up to "
-        f"{settings.max_epochs} epochs, budget {settings.budget:,} params, "
+        f"search {settings.name}: space {settings.space}, {count}trials of up to "
+        f"{settings.max_epochs} epochs{limit}, budget {settings.budget:,} params, "
         f"{len(splits.train):,} train / {len(splits.val):,} val images; folder {storage.uri}",
         flush=True,
     )
@@ -555,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = cap_batch_size(cfg, settings.max_batch_size)
     best = {
         "trial_id": best_row["trial_id"],
+        "stages": best_row["stages"],
         "best_val_acc": float(best_row["best_val_acc"]),
         "params": params,
         "width_scale": scale,
@@ -564,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_config": cfg.to_dict(),
         "code_version": code_version(),
         "search_seconds": time.perf_counter() - started,
+        "cluster_gpus": sum(n.get("Resources", {}).get("GPU", 0) for n in nodes),
+        "trials": len(table),
     }
     write_json(exp / "best_config.json", best)
     storage.push("trials.parquet", "best_config.json")

@@ -1,0 +1,139 @@
+"""The seed baselines and a search compared at equal epochs, as issue-style protocol runs
+them: `--space seeds` (every seed network to its last epoch, the best retrained), then a
+time-budgeted search in the same storage folder whose report sets the two side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from models import SEED_MODELS
+from search_spaces import SPACES, get_space
+from tests.conftest import write_python_batches
+from tests.searchrun import check_ok, read_table, search
+from tune.search import SearchSettings, parse_duration, trial_slots
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("45m", 2700), ("2h", 7200), ("30", 30), ("1.5m", 90)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "-5m", "0", "ten minutes", "5d"])
+def test_parse_duration_refuses_what_is_not_a_duration(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="45m"):
+        parse_duration(text)
+
+
+def _settings(gpus: float, cpus: float = 1) -> SearchSettings:
+    fields = dict.fromkeys(SearchSettings.__dataclass_fields__)
+    fields.update(gpus_per_trial=gpus, cpus_per_trial=cpus, time_budget_s=None)
+    return SearchSettings(**fields)
+
+
+@pytest.mark.parametrize(("gpus", "slots"), [(0.2, 5), (0.25, 4), (1 / 3, 3), (0.5, 2), (1, 1)])
+def test_trial_slots_count_fractional_gpus_exactly(gpus: float, slots: int) -> None:
+    node = {"Resources": {"CPU": 16.0, "GPU": 1.0}}
+    assert trial_slots(_settings(gpus), [node]) == slots
+
+
+@pytest.mark.parametrize("name", [n for n, s in SPACES.items() if s.starting_points])
+def test_starting_points_are_valid_samples_of_their_space(name: str) -> None:
+    space = get_space(name)
+    for point in space.starting_points:
+        trial = optuna.trial.FixedTrial(point)  # raises on a missing or out-of-range value
+        constants = space.sample(trial, 5_000_000)
+        assert set(trial.params) == set(point)  # every value is one the space asks for
+        assert constants["params"] <= 5_000_000
+
+
+def test_seed_baselines_run_to_the_end_and_a_timed_search_is_compared_with_them(
+    tmp_path: Path,
+) -> None:
+    data = write_python_batches(tmp_path / "data", n_train=400, n_test=100)
+    storage = tmp_path / "exp"
+    common = ["--data", str(data), "--subset", "100", "--storage-path", str(storage)]
+
+    # ASHA with grace period 1 would stop some of the five at epoch 1; fixed trials are
+    # baselines and each runs all of --max-epochs.
+    run = search(
+        [
+            "--space",
+            "seeds",
+            "--max-epochs",
+            "2",
+            "--grace-period",
+            "1",
+            "--retrain-seeds",
+            "2",
+            "--name",
+            "seeds",
+            *common,
+        ],
+        tmp_path / "seeds_run",
+        timeout=600,
+    )
+    check_ok(run)
+    seeds = read_table(storage / "seeds")
+    assert sorted(seeds["config/preset"]) == sorted(SEED_MODELS.values())
+    assert (seeds["status"] == "completed").all(), seeds[["config/preset", "status"]]
+    assert (seeds["epochs_run"] == 2).all()
+    seeds_final = json.loads((storage / "seeds" / "final" / "metrics.json").read_text())
+    assert seeds_final["seeds"] == [0, 1] and seeds_final["epochs"] == 2
+    assert seeds_final["wall_seconds"] > 0 and len(seeds_final["test_acc"]) == 2
+
+    run = search(
+        [
+            "--space",
+            "tiny",
+            "--max-epochs",
+            "2",
+            "--time-budget",
+            "25s",
+            "--retrain-seeds",
+            "2",
+            "--name",
+            "timed",
+            *common,
+        ],
+        tmp_path / "timed_run",
+    )
+    check_ok(run)
+    assert "for at most 0.4 min" in run.stdout
+    exp = storage / "timed"
+    table = read_table(exp)
+    settings = json.loads((exp / "search_settings.json").read_text())
+    assert settings["time_budget_s"] == 25 and settings["num_samples"] >= 1000
+    assert 1 <= len(table) < 1000
+    # Trials still waiting when the budget ended are recorded as such, not as early stops.
+    assert (table.loc[table["epochs_run"] == 0, "status"] == "not_run").all()
+    assert (table.loc[table["status"] == "not_run", "epochs_run"] == 0).all()
+    best = json.loads((exp / "best_config.json").read_text())
+    # Ray stops at the budget; its own start-up and the last trials' ends come on top.
+    assert best["search_seconds"] < 25 + 60
+    assert best["trials"] == len(table)
+
+    # The space's starting point is its first trial.
+    first = table[table["config/trial_number"] == 0].iloc[0]
+    start = get_space("tiny").starting_points[0]
+    for key, value in start.items():
+        assert first[f"config/{key}"] == value, key
+
+    report = (exp / "report.md").read_text()
+    top = seeds.iloc[0]
+    final = json.loads((exp / "final" / "metrics.json").read_text())
+    assert f"best seed network (`{top['config/preset']}`)" in report
+    assert f"{top['best_val_acc']:.2%}" in report
+    assert f"{seeds_final['test_acc_mean']:.2%} ± {seeds_final['test_acc_std']:.2%}" in report
+    assert f"{final['test_acc_mean']:.2%} ± {final['test_acc_std']:.2%}" in report
+    gap = (final["test_acc_mean"] - seeds_final["test_acc_mean"]) * 100
+    assert f"search minus seed baseline: {gap:+.2f} points" in report
+    for preset in SEED_MODELS.values():
+        assert f"`{preset}`" in report
+    assert "Not at equal epochs" not in report
