@@ -87,3 +87,19 @@ def test_pick_gpus_per_trial_follows_the_packing_gain(totals, expected):
         {"concurrent": k, "total_images_per_sec": t} for k, t in zip((1, 2, 4), totals, strict=True)
     ]
     assert bench.pick_gpus_per_trial(rows) == expected
+
+
+def test_a_failed_measurement_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    def no_shared_memory(*args, **kwargs):
+        raise RuntimeError("DataLoader worker exited: insufficient shared memory")
+
+    monkeypatch.setattr(bench, "bench_usual", no_shared_memory)
+    out, docs = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    argv = ["--tiny", "--mode", "models", "--out", str(out), "--docs", str(docs)]
+    assert bench.main(argv) == 1
+    results = json.loads(out.read_text())
+    assert "shared memory" in results["errors"]["tiny_resnet: usual loop"]
+    row = results["models"]["tiny_resnet"]
+    assert set(row["variants"]) == set(bench.VARIANTS) and "usual" not in row
+    text = docs.read_text()
+    assert "failed" in text and "**Failed**: tiny_resnet: usual loop" in text

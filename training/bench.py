@@ -29,6 +29,7 @@ import platform
 import shlex
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,27 +397,38 @@ def format_tables(results: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in results["models"].items():
-            f, u = r["variants"]["ours"], r["usual"]
-            lines.append(
-                f"| {name} | {r['params']:,} | {r['macs'] / 1e9:.2f} | "
+            f, u = r["variants"].get("ours"), r.get("usual")
+            ours = (
                 f"{f['train_images_per_sec']:,.0f} | {f['epoch_seconds']:.2f} | "
-                f"{f['eval_seconds']:.3f} | {f['peak_gpu_gib']:.2f} | "
-                f"{u['train_images_per_sec']:,.0f} | {u['epoch_seconds']:.1f} | "
-                f"{r['speedup']:.1f}x |"
+                f"{f['eval_seconds']:.3f} | {f['peak_gpu_gib']:.2f}"
+                if f
+                else "failed | | |"
             )
+            usual = (
+                f"{u['train_images_per_sec']:,.0f} | {u['epoch_seconds']:.1f} | {r['speedup']:.1f}x"
+                if u
+                else "failed | |"
+            )
+            lines.append(f"| {name} | {r['params']:,} | {r['macs'] / 1e9:.2f} | {ours} | {usual} |")
         lines += [
             "",
             "| model | variant | img/s | s/epoch | relative to ours |",
             "|---|---|---|---|---|",
         ]
         for name, r in results["models"].items():
-            base = r["variants"]["ours"]["train_images_per_sec"]
+            base = r["variants"].get("ours", {}).get("train_images_per_sec")
             for variant, v in r["variants"].items():
+                ratio = f"{v['train_images_per_sec'] / base:.2f}x" if base else ""
                 lines.append(
                     f"| {name} | {variant} | {v['train_images_per_sec']:,.0f} | "
-                    f"{v['epoch_seconds']:.2f} | {v['train_images_per_sec'] / base:.2f}x |"
+                    f"{v['epoch_seconds']:.2f} | {ratio} |"
                 )
-    if results.get("space"):
+                if v.get("compile_seconds"):
+                    lines.append(
+                        f"| {name} | {variant}: torch.compile, once | | "
+                        f"{v['compile_seconds']:.1f} s | |"
+                    )
+    if results.get("space", {}).get("top"):
         s = results["space"]
         lines += [
             "",
@@ -462,6 +474,8 @@ def format_tables(results: dict[str, Any]) -> str:
             f"{p['kernel_seconds']:.3f} s of kernels: the device was busy "
             f"{p['device_busy_fraction']:.0%} of the epoch.",
         ]
+    for label, error in results.get("errors", {}).items():
+        lines.append(f"\n**Failed**: {label}: {error}")
     return "\n".join(lines)
 
 
@@ -523,6 +537,21 @@ def main(argv: list[str] | None = None) -> int:
     variants = dict(VARIANTS)
     if args.compile:
         variants["ours, compiled"] = {"compile": True}
+    errors: dict[str, str] = {}
+
+    def measure(label: str, fn: Any) -> Any:
+        """Run one measurement; a failure is recorded and the others still run. The JSON is
+        rewritten after each, so a run stopped from outside keeps what it measured."""
+        try:
+            return fn()
+        except Exception as e:  # any failure of one measurement (e.g. a worker crash)
+            traceback.print_exc()
+            errors[label] = f"{type(e).__name__}: {e}"
+            results["errors"] = errors
+            return None
+        finally:
+            write_json(args.out, results)
+
     if mode in ("all", "models"):
         for name in models:
             arch = get_arch(name)
@@ -531,41 +560,51 @@ def main(argv: list[str] | None = None) -> int:
                 "macs": count_macs(arch),
                 "variants": {},
             }
+            results["models"][name] = row
             for variant, overrides in variants.items():
                 print(f"{name}: {variant}...", flush=True)
-                row["variants"][variant] = bench_fast(arch, size, device, **overrides)
+                timed = measure(
+                    f"{name}: {variant}",
+                    lambda a=arch, o=overrides: bench_fast(a, size, device, **o),
+                )
+                if timed is None:
+                    continue
+                row["variants"][variant] = timed
                 if overrides.get("compile"):
                     print(
-                        f"{name}: torch.compile took "
-                        f"{row['variants'][variant]['compile_seconds']:.1f} s (not in any "
-                        "epoch time)",
+                        f"{name}: torch.compile took {timed['compile_seconds']:.1f} s "
+                        "(not in any epoch time)",
                         flush=True,
                     )
             print(f"{name}: the usual loop...", flush=True)
-            row["usual"] = bench_usual(arch, size, device)
-            row["speedup"] = (
-                row["variants"]["ours"]["train_images_per_sec"]
-                / row["usual"]["train_images_per_sec"]
-            )
-            results["models"][name] = row
+            usual = measure(f"{name}: usual loop", lambda a=arch: bench_usual(a, size, device))
+            if usual is not None and "ours" in row["variants"]:
+                row["usual"] = usual
+                row["speedup"] = (
+                    row["variants"]["ours"]["train_images_per_sec"] / usual["train_images_per_sec"]
+                )
     median = None
     if mode in ("all", "space", "packing"):
         print(f"sampling {size.space_samples} networks of space {space_name}...", flush=True)
-        samples = sample_space(space_name, size.space_samples, budget)
-        median = median_sample(samples)
-        results["space"] = {
-            "name": space_name,
-            "budget": budget,
-            "samples": len(samples),
-            "macs_median": median["macs"],
-            "median": median,
-            "top": [],
-        }
-        if mode in ("all", "space"):
+        samples = measure(
+            "space sampling", lambda: sample_space(space_name, size.space_samples, budget)
+        )
+        if samples:
+            median = median_sample(samples)
+            results["space"] = {
+                "name": space_name,
+                "budget": budget,
+                "samples": len(samples),
+                "median": median,
+                "top": [],
+            }
+        if samples and mode in ("all", "space"):
             for i, sample in enumerate(samples[: size.space_top], 1):
                 print(f"space sample {i} ({sample['stages']}, {sample['macs'] / 1e9:.2f} GMACs)")
-                fast = bench_fast(ArchConfig.from_dict(sample["arch"]), size, device)
-                results["space"]["top"].append({**sample, "fast": fast})
+                arch = ArchConfig.from_dict(sample["arch"])
+                fast = measure(f"space sample {i}", lambda a=arch: bench_fast(a, size, device))
+                if fast is not None:
+                    results["space"]["top"].append({**sample, "fast": fast})
     if mode in ("all", "packing"):
         results["packing_images"] = size.packing_images
         results["packing"] = {}
@@ -574,17 +613,22 @@ def main(argv: list[str] | None = None) -> int:
             targets[f"median {space_name} sample"] = ArchConfig.from_dict(median["arch"])
         for label, arch in targets.items():
             print(f"packing {label}:", flush=True)
-            results["packing"][label] = bench_packing(arch, size, device)
+            rows = measure(f"packing {label}", lambda a=arch: bench_packing(a, size, device))
+            if rows is not None:
+                results["packing"][label] = rows
     if mode in ("all", "profile"):
         print(f"profiling one epoch of {models[0]}...", flush=True)
-        profile = profile_epoch(get_arch(models[0]), size, device)
-        results["profile"] = {"model": models[0], **profile}
-        print(profile["top_kernels"], flush=True)
+        profile = measure("profile", lambda: profile_epoch(get_arch(models[0]), size, device))
+        if profile is not None:
+            results["profile"] = {"model": models[0], **profile}
+            print(profile["top_kernels"], flush=True)
     print(format_tables(results))
+    if errors:
+        print("failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()), file=sys.stderr)
     write_json(args.out, results)
     if args.docs:
         append_docs(results, args.docs)
-    return 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
