@@ -3,16 +3,18 @@
 from models.arch import ArchConfig, StageSpec, stages
 from models.budget import (
     DEFAULT_BUDGET,
-    BudgetError,
-    check_budget,
+    BudgetTooSmallError,
+    apply_width_scale,
     count_macs,
     count_params,
-    stage_param_counts,
+    fit_to_budget,
+    scale_widths,
 )
 from models.registry import (
+    MODELS,
     SEED_MODELS,
+    Registry,
     create_model,
-    describe_model,
     get_arch,
     list_models,
     register_model,
@@ -21,19 +23,21 @@ from models.resnet import ResNet
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "MODELS",
     "SEED_MODELS",
     "ArchConfig",
-    "BudgetError",
+    "BudgetTooSmallError",
+    "Registry",
     "ResNet",
     "StageSpec",
-    "check_budget",
+    "apply_width_scale",
     "count_macs",
     "count_params",
     "create_model",
-    "describe_model",
+    "fit_to_budget",
     "get_arch",
     "list_models",
     "register_model",
-    "stage_param_counts",
+    "scale_widths",
     "stages",
 ]

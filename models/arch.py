@@ -81,11 +81,7 @@ class ArchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ArchConfig fields {unknown}; valid fields: {sorted(known)}")
-        values = dict(data)
+        values = known_fields(cls, data)
         values["stages"] = tuple(
             s if isinstance(s, StageSpec) else StageSpec(**s) for s in values["stages"]
         )
@@ -97,6 +93,16 @@ class ArchConfig:
                 s if isinstance(s, StageSpec) else StageSpec(**s) for s in changes["stages"]
             )
         return replace(self, **changes)
+
+
+def known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `data` for building the dataclass `cls`, refused if it names a field that
+    `cls` does not have (a config from another version, or a typo)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid fields: {sorted(known)}")
+    return dict(data)
 
 
 def _validate(arch: ArchConfig) -> list[str]:
@@ -154,5 +160,6 @@ __all__ = [
     "SHORTCUT_KINDS",
     "ArchConfig",
     "StageSpec",
+    "known_fields",
     "stages",
 ]

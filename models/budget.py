@@ -1,7 +1,10 @@
-"""Parameter and multiply-add counting, and the parameter budget.
+"""The parameter budget: counting a network, and fitting one to a budget.
 
 Counts come from building the real network on the `meta` device: no memory is allocated,
 no weights are initialised, and there is no formula to keep in sync with the model code.
+A network over the budget is not rejected: `fit_to_budget` scales every channel width down
+by the largest factor that fits (channels stay multiples of 8, at least 8), and the scale
+it found, applied with `apply_width_scale`, rebuilds the same network without searching.
 """
 
 from __future__ import annotations
@@ -9,25 +12,17 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.arch import ArchConfig
+from models.arch import ArchConfig, StageSpec
 from models.resnet import ResNet
 
 DEFAULT_BUDGET = 5_000_000  # trainable parameters
+CHANNEL_MULTIPLE = 8  # scaled widths are rounded to multiples of this (tensor-core friendly)
+MIN_CHANNELS = 8
+SCALE_RESOLUTION = 1e-3  # the width scale is found to within this
 
 
-class BudgetError(ValueError):
-    """An architecture has more trainable parameters than the budget allows."""
-
-    def __init__(self, arch: ArchConfig, params: int, budget: int, stage_params: list[int]):
-        largest = max(range(len(stage_params)), key=stage_params.__getitem__)
-        spec = arch.stages[largest]
-        self.arch, self.params, self.budget = arch, params, budget
-        super().__init__(
-            f"model has {params:,} trainable parameters, over the budget of {budget:,} "
-            f"by {params - budget:,}; the largest stage is stage {largest} "
-            f"({spec.blocks} blocks x {spec.channels} channels, {stage_params[largest]:,} "
-            f"parameters): reduce its blocks or channels, or raise the budget"
-        )
+class BudgetTooSmallError(ValueError):
+    """Even the narrowest version of a network is over the budget."""
 
 
 def trainable_params(module: torch.nn.Module) -> int:
@@ -36,7 +31,7 @@ def trainable_params(module: torch.nn.Module) -> int:
 
 def _meta_model(arch: ArchConfig) -> ResNet:
     with torch.device("meta"):
-        return ResNet(arch)
+        return ResNet(arch, init_weights=False)
 
 
 def count_params(arch: ArchConfig) -> int:
@@ -54,15 +49,43 @@ def count_macs(arch: ArchConfig, image_size: int = 32) -> int:
     return counter.get_total_flops() // 2
 
 
-def stage_param_counts(arch: ArchConfig) -> list[int]:
-    """Trainable parameters per stage, in stage order."""
-    return [trainable_params(stage) for stage in _meta_model(arch).stages]
+def round_channels(channels: float) -> int:
+    return max(MIN_CHANNELS, int(round(channels / CHANNEL_MULTIPLE)) * CHANNEL_MULTIPLE)
 
 
-def check_budget(arch: ArchConfig, budget: int = DEFAULT_BUDGET) -> int:
-    """Return the parameter count, or raise BudgetError if it exceeds `budget`."""
-    model = _meta_model(arch)
-    params = trainable_params(model)
-    if params > budget:
-        raise BudgetError(arch, params, budget, [trainable_params(s) for s in model.stages])
-    return params
+def scale_widths(arch: ArchConfig, scale: float) -> ArchConfig:
+    """Every width (stem and stages) times `scale`, rounded to a multiple of 8."""
+    new_stages = tuple(
+        StageSpec(s.blocks, round_channels(s.channels * scale), s.stride) for s in arch.stages
+    )
+    return arch.replace(stem_channels=round_channels(arch.stem_channels * scale), stages=new_stages)
+
+
+def apply_width_scale(arch: ArchConfig, scale: float) -> ArchConfig:
+    """The network `fit_to_budget` returned for `arch` with this scale: `arch` itself at 1."""
+    return arch if scale == 1.0 else scale_widths(arch, scale)
+
+
+def fit_to_budget(arch: ArchConfig, budget: int) -> tuple[ArchConfig, int, float]:
+    """(network, parameters, width scale): `arch` itself if it fits, else its widths scaled
+    down by the largest factor that fits. The scale is exact (a binary fraction), so
+    `apply_width_scale(arch, scale)` gives back the same network. Raises BudgetTooSmallError
+    if not even the narrowest widths fit."""
+    params = count_params(arch)
+    if params <= budget:
+        return arch, params, 1.0
+    narrowest = scale_widths(arch, 0.0)
+    if count_params(narrowest) > budget:
+        raise BudgetTooSmallError(
+            f"even at the narrowest widths this network has {count_params(narrowest):,} "
+            f"parameters, over the budget of {budget:,}"
+        )
+    lo, hi = 0.0, 1.0  # lo fits, hi does not
+    while hi - lo > SCALE_RESOLUTION:
+        mid = (lo + hi) / 2
+        if count_params(scale_widths(arch, mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    fitted = scale_widths(arch, lo)
+    return fitted, count_params(fitted), lo

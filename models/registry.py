@@ -2,56 +2,80 @@
 
 `create_model("efficient_resnet")` builds a network; `create_model(name, **overrides)`
 changes any `ArchConfig` field first; `get_arch(name)` returns the config alone.
+`Registry` is the one by-name lookup of the project: recipes and search spaces use it too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from torch import nn
 
 from models.arch import ArchConfig, stages
 from models.resnet import ResNet
 
-_REGISTRY: dict[str, Callable[[], ArchConfig]] = {}
+T = TypeVar("T")
 
 
-def register_model(fn: Callable[[], ArchConfig]) -> Callable[[], ArchConfig]:
-    """Register a zero-argument function returning an ArchConfig under its own name."""
-    if fn.__name__ in _REGISTRY:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    _REGISTRY[fn.__name__] = fn
-    return fn
+class Registry(Mapping[str, T]):
+    """Named things of one kind (models, recipes, search spaces), looked up by name with an
+    error that lists what exists. `@registry.register` on a function registers it under the
+    function's name; `registry.add(name, thing)` registers anything."""
+
+    def __init__(self, kind: str, hint: str = "") -> None:
+        self.kind = kind  # what a user calls one entry, for messages: "model", "recipe"
+        self.hint = hint  # where to read more, appended to the unknown-name error
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T) -> T:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = entry
+        return entry
+
+    def register(self, fn: T) -> T:
+        return self.add(fn.__name__, fn)  # type: ignore[attr-defined]
+
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            hint = f" {self.hint}" if self.hint else ""
+            raise KeyError(
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self)}{hint}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def describe(self, name: str) -> str:
+        """The first line of the entry's docstring."""
+        doc = (self[name].__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+MODELS: Registry[Callable[[], ArchConfig]] = Registry(
+    "model", "(python -m models.summary --list describes them)"
+)
+register_model = MODELS.register
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def describe_model(name: str) -> str:
-    """The first line of the preset's docstring."""
-    doc = _lookup(name).__doc__ or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    return sorted(MODELS)
 
 
 def get_arch(name: str, **overrides: Any) -> ArchConfig:
-    arch = _lookup(name)()
+    arch = MODELS[name]()
     return arch.replace(**overrides) if overrides else arch
 
 
 def create_model(name_or_arch: str | ArchConfig, **overrides: Any) -> nn.Module:
     arch = name_or_arch if isinstance(name_or_arch, ArchConfig) else get_arch(name_or_arch)
     return ResNet(arch.replace(**overrides) if overrides else arch)
-
-
-def _lookup(name: str) -> Callable[[], ArchConfig]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown model {name!r}; registered models: {', '.join(list_models())}"
-        ) from None
 
 
 # --- Seed presets. Each reproduces what the report's code built (../shared/seeds/README.md).

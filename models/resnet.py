@@ -165,7 +165,7 @@ class PixelTransformer(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, arch: ArchConfig) -> None:
+    def __init__(self, arch: ArchConfig, init_weights: bool = True) -> None:
         super().__init__()
         self.arch = arch
         stem: list[nn.Module] = [conv3x3(arch.in_channels, arch.stem_channels)]
@@ -203,7 +203,8 @@ class ResNet(nn.Module):
         )
         pooled = final * (2 if arch.pooling == "avgmax" else 1)
         self.classifier = nn.Linear(pooled, arch.num_classes)
-        self._init_weights()
+        if init_weights:  # counting on the meta device needs shapes, not values
+            self._init_weights()
 
     def _init_weights(self) -> None:
         for m in self.modules():

@@ -12,7 +12,7 @@ import sys
 import torch
 
 from models.budget import DEFAULT_BUDGET, count_params, trainable_params
-from models.registry import describe_model, get_arch, list_models
+from models.registry import MODELS, get_arch, list_models
 from models.resnet import ResNet
 
 
@@ -41,7 +41,7 @@ def format_summary(name: str) -> str:
     rows = summary_rows(name)
     total = sum(p for _, _, p in rows)
     width = max(len(r[0]) for r in rows)
-    lines = [f"{name}: {describe_model(name)}", ""]
+    lines = [f"{name}: {MODELS.describe(name)}", ""]
     lines.append(f"{'part':<{width}}  {'output':>10}  {'params':>11}")
     lines += [f"{part:<{width}}  {shape:>10}  {params:>11,}" for part, shape, params in rows]
     lines.append(f"{'total':<{width}}  {'':>10}  {total:>11,}")
@@ -54,7 +54,7 @@ def format_model_list() -> str:
     names = list_models()
     width = max(map(len, names))
     return "\n".join(
-        f"{n:<{width}}  {count_params(get_arch(n)):>10,}  {describe_model(n)}" for n in names
+        f"{n:<{width}}  {count_params(get_arch(n)):>10,}  {MODELS.describe(n)}" for n in names
     )
 
 

@@ -4,15 +4,17 @@ import torch
 from models import (
     SEED_MODELS,
     ArchConfig,
-    BudgetError,
+    BudgetTooSmallError,
     StageSpec,
-    check_budget,
+    apply_width_scale,
     count_params,
     create_model,
+    fit_to_budget,
     get_arch,
     list_models,
-    stage_param_counts,
+    scale_widths,
 )
+from models.budget import SCALE_RESOLUTION
 from models.summary import format_model_list, format_summary
 from models.summary import main as summary_main
 
@@ -46,23 +48,28 @@ def test_seed_presets_match_report_counts_exactly(report):
     assert count_params(get_arch(SEED_MODELS[report])) == SEED_COUNTS[report]
 
 
-def test_seed_presets_fit_the_budget():
+def test_seed_presets_fit_the_budget_as_they_are():
     for name in SEED_MODELS.values():
-        assert check_budget(get_arch(name)) <= 5_000_000
+        arch = get_arch(name)
+        assert fit_to_budget(arch, 5_000_000) == (arch, count_params(arch), 1.0)
 
 
-def test_budget_error_names_count_budget_and_largest_stage():
+def test_fit_to_budget_shrinks_widths_to_the_largest_scale_that_fits():
     arch = get_arch("efficient_resnet")
-    params = count_params(arch)
-    per_stage = stage_param_counts(arch)
-    largest = per_stage.index(max(per_stage))
-    with pytest.raises(BudgetError) as err:
-        check_budget(arch, budget=1_000_000)
-    message = str(err.value)
-    assert f"{params:,}" in message
-    assert "1,000,000" in message
-    assert f"stage {largest}" in message
-    assert f"{per_stage[largest]:,}" in message
+    small, params, scale = fit_to_budget(arch, 1_000_000)
+    assert params == count_params(small) <= 1_000_000 and 0 < scale < 1
+    assert [s.blocks for s in small.stages] == [s.blocks for s in arch.stages]
+    assert all(s.channels % 8 == 0 for s in small.stages) and small.stem_channels % 8 == 0
+    # The scale is exact: applying it rebuilds the same network, with no search.
+    assert apply_width_scale(arch, scale) == small
+    # ...and it is the largest that fits, to within the search's resolution.
+    assert count_params(scale_widths(arch, scale + SCALE_RESOLUTION)) > 1_000_000
+
+
+def test_fit_to_budget_refuses_a_budget_below_the_narrowest_network():
+    arch = get_arch("efficient_resnet")
+    with pytest.raises(BudgetTooSmallError, match="narrowest"):
+        fit_to_budget(arch, 10_000)
 
 
 def test_overrides_change_the_architecture():
