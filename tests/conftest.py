@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from training.data import ImageSet
+from training.logs import configure_logging
 
 # The tensors here are tiny: one thread avoids OpenMP spin-waiting against other processes
 # (Ray workers, a second pytest) on a 2-core machine, which made steps 30x slower.
@@ -46,6 +48,13 @@ def write_python_batches(root: Path, n_train: int = 200, n_test: int = 100) -> P
     test = {b"data": flat[n_train:], b"labels": labels[n_train:].tolist()}
     (folder / "test_batch").write_bytes(pickle.dumps(test))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def project_logging() -> None:
+    """Every test sees the project's log lines as a user of its commands would (INFO and up,
+    on stdout and stderr), whatever an earlier test's command set."""
+    configure_logging(logging.INFO)
 
 
 @pytest.fixture

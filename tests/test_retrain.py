@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models import get_arch
-from training import train as train_cli
+from training import run as training_run
 from training.recipes import get_recipe
 from tune.retrain import concat_sets, retrain
 
@@ -17,19 +17,19 @@ def test_retrain_resumes_from_its_own_checkpoints(tmp_path, monkeypatch, capsys)
     train, test = separable_set(128), separable_set(40, seed=1)
     out = tmp_path / "final"
 
-    real_print = train_cli.print_epoch
+    real_log = training_run.log_epoch
 
     def interrupt_after_first_epoch(metrics, total, started):
-        real_print(metrics, total, started)
+        real_log(metrics, total, started)
         if metrics["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_cli, "print_epoch", interrupt_after_first_epoch)
+    monkeypatch.setattr(training_run, "log_epoch", interrupt_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         retrain(arch, cfg, train, test, out, seeds=[0, 1], device="cpu")
     assert (out / "seed_0" / "checkpoint.pt").exists()
     assert not (out / "seed_0" / "metrics.json").exists()
-    monkeypatch.setattr(train_cli, "print_epoch", real_print)
+    monkeypatch.setattr(training_run, "log_epoch", real_log)
 
     metrics = retrain(arch, cfg, train, test, out, seeds=[0, 1], device="cpu")
     assert "resuming after epoch 1" in capsys.readouterr().out

@@ -11,7 +11,8 @@ from models import ResNet, get_arch
 from training import predict as predict_cli
 from training import train as train_cli
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.loop import DataSplits, NonFiniteLossError, train, update_ema
+from training.data import DataSplits
+from training.loop import NonFiniteLossError, train, update_ema
 from training.recipes import get_recipe, list_recipes
 
 from .conftest import separable_images, separable_set

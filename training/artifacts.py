@@ -1,4 +1,5 @@
-"""Writing artifacts whole or not at all, and the metadata every artifact carries."""
+"""Writing artifacts whole or not at all, the metadata every artifact carries, and where
+this machine keeps downloads and staged files."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Any
 import torch
 
 PACKAGE = "resnet-tune"
+# Where downloads (CIFAR-10) and staged copies of cloud experiments live on this machine.
+CACHE_ROOT = Path(os.environ.get("RESNET_TUNE_CACHE", "~/.cache/resnet-tune")).expanduser()
 
 
 @cache
@@ -86,10 +89,6 @@ def write_json(path: str | Path, data: Any) -> Path:
     return write_text(
         path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
     )
-
-
-def save_torch(path: str | Path, payload: dict[str, Any]) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _json_default(value: Any) -> Any:

@@ -24,12 +24,12 @@ file (docs/benchmarks.md is where measured sections are kept).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import shlex
 import sys
 import time
-import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +40,13 @@ import torch.nn.functional as F
 
 from models import DEFAULT_BUDGET, ArchConfig, count_macs, count_params, get_arch
 from training.artifacts import code_version, write_json, write_text
-from training.data import ImageSet
-from training.loop import DataSplits, TrainState, predict_logits, resolve_device, train
+from training.augment import CIFAR10_MEAN, CIFAR10_STD
+from training.data import DataSplits, ImageSet
+from training.logs import add_verbosity_flags, configure_logging, level_from_flags
+from training.loop import TrainState, predict_logits, resolve_device, train
 from training.recipes import get_recipe
+
+logger = logging.getLogger("training.bench")
 
 MODES = ("all", "models", "space", "packing", "profile")
 
@@ -175,7 +179,7 @@ class _PILDataset(torch.utils.data.Dataset):
                 T.RandomCrop(32, padding=4),
                 T.RandomHorizontalFlip(),
                 T.ToTensor(),
-                T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                T.Normalize(CIFAR10_MEAN, CIFAR10_STD),
             ]
         )
 
@@ -226,14 +230,18 @@ def bench_usual(arch: ArchConfig, size: BenchSize, device: torch.device) -> dict
 
 
 def _resolve_sample(job: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
+    import optuna
+
     from search_spaces import get_space
 
     space_name, raw, budget = job
-    arch, _, params, scale = get_space(space_name).resolve(raw, budget)
+    space = get_space(space_name)
+    constants = space.sample(optuna.trial.FixedTrial(raw), budget)  # fitted as a trial is
+    arch, _ = space.configs(raw, constants["width_scale"])
     return {
         "arch": arch.to_dict(),
-        "params": params,
-        "width_scale": scale,
+        "params": constants["params"],
+        "width_scale": constants["width_scale"],
         "macs": count_macs(arch),
         "stages": " ".join(f"{s.blocks}x{s.channels}" for s in arch.stages),
     }
@@ -328,7 +336,7 @@ def bench_packing(arch: ArchConfig, size: BenchSize, device: torch.device) -> li
         total = sum(o[2] for o in outcomes) / (end - start)
         per_trial = [o[2] / (o[1] - o[0]) for o in outcomes]
         rows.append({"concurrent": k, "total_images_per_sec": total, "per_trial": per_trial})
-        print(f"  {k} concurrent: {total:,.0f} images/s in total", flush=True)
+        logger.info(f"  {k} concurrent: {total:,.0f} images/s in total")
     return rows
 
 
@@ -510,11 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="add a torch.compile variant")
     p.add_argument("--out", type=Path, default=Path("bench_results.json"))
     p.add_argument("--docs", type=Path, help="markdown file to append a dated section to")
+    add_verbosity_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(level_from_flags(args))
     device = resolve_device(args.device)
     size = TINY if args.tiny or device.type == "cpu" else FULL
     tiny = size is TINY
@@ -545,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return fn()
         except Exception as e:  # any failure of one measurement (e.g. a worker crash)
-            traceback.print_exc()
+            logger.exception("%s failed", label)
             errors[label] = f"{type(e).__name__}: {e}"
             results["errors"] = errors
             return None
@@ -562,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             results["models"][name] = row
             for variant, overrides in variants.items():
-                print(f"{name}: {variant}...", flush=True)
+                logger.info(f"{name}: {variant}...")
                 timed = measure(
                     f"{name}: {variant}",
                     lambda a=arch, o=overrides: bench_fast(a, size, device, **o),
@@ -571,12 +581,11 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 row["variants"][variant] = timed
                 if overrides.get("compile"):
-                    print(
+                    logger.info(
                         f"{name}: torch.compile took {timed['compile_seconds']:.1f} s "
-                        "(not in any epoch time)",
-                        flush=True,
+                        "(not in any epoch time)"
                     )
-            print(f"{name}: the usual loop...", flush=True)
+            logger.info(f"{name}: the usual loop...")
             usual = measure(f"{name}: usual loop", lambda a=arch: bench_usual(a, size, device))
             if usual is not None and "ours" in row["variants"]:
                 row["usual"] = usual
@@ -585,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     median = None
     if mode in ("all", "space", "packing"):
-        print(f"sampling {size.space_samples} networks of space {space_name}...", flush=True)
+        logger.info(f"sampling {size.space_samples} networks of space {space_name}...")
         samples = measure(
             "space sampling", lambda: sample_space(space_name, size.space_samples, budget)
         )
@@ -600,7 +609,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         if samples and mode in ("all", "space"):
             for i, sample in enumerate(samples[: size.space_top], 1):
-                print(f"space sample {i} ({sample['stages']}, {sample['macs'] / 1e9:.2f} GMACs)")
+                logger.info(
+                    f"space sample {i} ({sample['stages']}, {sample['macs'] / 1e9:.2f} GMACs)"
+                )
                 arch = ArchConfig.from_dict(sample["arch"])
                 fast = measure(f"space sample {i}", lambda a=arch: bench_fast(a, size, device))
                 if fast is not None:
@@ -612,19 +623,19 @@ def main(argv: list[str] | None = None) -> int:
         if median is not None:
             targets[f"median {space_name} sample"] = ArchConfig.from_dict(median["arch"])
         for label, arch in targets.items():
-            print(f"packing {label}:", flush=True)
+            logger.info(f"packing {label}:")
             rows = measure(f"packing {label}", lambda a=arch: bench_packing(a, size, device))
             if rows is not None:
                 results["packing"][label] = rows
     if mode in ("all", "profile"):
-        print(f"profiling one epoch of {models[0]}...", flush=True)
+        logger.info(f"profiling one epoch of {models[0]}...")
         profile = measure("profile", lambda: profile_epoch(get_arch(models[0]), size, device))
         if profile is not None:
             results["profile"] = {"model": models[0], **profile}
-            print(profile["top_kernels"], flush=True)
+            logger.info(profile["top_kernels"])
     print(format_tables(results))
     if errors:
-        print("failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()), file=sys.stderr)
+        logger.error("failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
     write_json(args.out, results)
     if args.docs:
         append_docs(results, args.docs)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from models import ArchConfig, ResNet
-from training.artifacts import save_torch
+from training.artifacts import atomic_write
 from training.config import TrainConfig
 
 
@@ -25,7 +25,8 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> Path:
-    return save_torch(path, ckpt)
+    """torch.save into a temporary file that replaces `path` once complete."""
+    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -6,8 +6,11 @@ split; probabilities are per batch unless a field says per image.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
+
+from models.arch import known_fields
+from training.data import DEFAULT_VAL_SIZE
 
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["cosine", "onecycle", "step", "cosine_restarts", "constant"]
@@ -90,7 +93,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta_flip: bool = True  # evaluate on the image and its mirror, average the logits
     eval_batch_size: int = 1024
-    val_size: int = 5000  # training images held out for validation (stratified)
+    val_size: int = DEFAULT_VAL_SIZE  # training images held out for validation (stratified)
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # channels_last memory format on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model
@@ -126,11 +129,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; valid fields: {sorted(known)}")
-        values = dict(data)
+        values = known_fields(cls, data)
         if isinstance(values.get("augment"), dict):
             aug = dict(values["augment"])
             if "erasing_scale" in aug:

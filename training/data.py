@@ -27,6 +27,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2.functional import to_dtype
 
+from training.artifacts import CACHE_ROOT
 from training.safe_pickle import DataError, UnsafePickleError, load_pickle, loads_pickle
 
 try:  # 3x faster than PIL; deprecated since torchvision 0.29 in favour of TorchCodec
@@ -37,12 +38,15 @@ except ImportError:
 __all__ = [
     "CLASSES",
     "DEFAULT_CACHE",
+    "DEFAULT_VAL_SIZE",
     "CifarData",
     "DataError",
+    "DataSplits",
     "ImageSet",
     "UnsafePickleError",
     "load_cifar10",
     "load_images",
+    "make_splits",
     "split_train_val",
     "subset_stratified",
 ]
@@ -59,7 +63,7 @@ CLASSES = (
     "ship",
     "truck",
 )
-DEFAULT_CACHE = Path(os.environ.get("RESNET_TUNE_CACHE", "~/.cache/resnet-tune")).expanduser()
+DEFAULT_CACHE = CACHE_ROOT  # torchvision downloads CIFAR-10 here
 
 BATCH_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -71,6 +75,7 @@ FORMATS = (
     f"{', '.join(CLASSES)} (or a folder containing one), "
     f"or a {', '.join(ARCHIVE_SUFFIXES)} archive of it"
 )
+DEFAULT_VAL_SIZE = 5000  # training images held out for validation (stratified, seeded)
 _DECODE_THREADS = min(8, os.cpu_count() or 1)
 _DECODE_CHUNK = 1024
 
@@ -112,6 +117,43 @@ class CifarData:
     train: ImageSet  # the 50,000 training images (or fewer)
     test: ImageSet  # the 10,000 test images
     source: str  # where it was read from, for artifacts
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: ImageSet  # what the optimizer sees
+    val: ImageSet | None = None  # selection metric, evaluated every epoch
+    test: ImageSet | None = None  # evaluated once, at the end, for reporting only
+
+
+@dataclass(frozen=True)
+class SubsetSizes:
+    train: int
+    val: int
+    test: int
+
+
+def subset_sizes(subset: int | None, val_size: int, test_size: int) -> SubsetSizes | None:
+    """A subset of N images: train on N, validate on N/4 (at most val_size), test on N."""
+    if subset is None:
+        return None
+    return SubsetSizes(train=subset, val=min(val_size, subset // 4), test=min(test_size, subset))
+
+
+def make_splits(
+    data: CifarData, val_size: int, subset: int | None = None, seed: int = 0
+) -> DataSplits:
+    """Carve the seeded, stratified validation split out of the training images; with
+    `subset`, keep a stratified subset of each split (see `subset_sizes`)."""
+    sizes = subset_sizes(subset, val_size, len(data.test))
+    train_set, val_set = split_train_val(
+        data.train, val_size if sizes is None else sizes.val, seed=seed
+    )
+    test_set = data.test
+    if sizes is not None:
+        train_set = subset_stratified(train_set, min(sizes.train, len(train_set)), seed)
+        test_set = subset_stratified(test_set, sizes.test, seed)
+    return DataSplits(train=train_set, val=val_set, test=test_set)
 
 
 def load_cifar10(path: str | Path | None, cache_dir: Path = DEFAULT_CACHE) -> CifarData:

@@ -41,20 +41,13 @@ from models import ArchConfig, ResNet, count_params
 from training.artifacts import code_version
 from training.augment import augment_batch, flip_tta_logits, mix_batch, normalize
 from training.config import TrainConfig
-from training.data import ImageSet
+from training.data import DataSplits, ImageSet
 
 CHECKPOINT_FORMAT = 1
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run cannot recover."""
-
-
-@dataclass(frozen=True)
-class DataSplits:
-    train: ImageSet  # what the optimizer sees
-    val: ImageSet | None = None  # selection metric, evaluated every epoch
-    test: ImageSet | None = None  # evaluated once, at the end, for reporting only
 
 
 @dataclass

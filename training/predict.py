@@ -11,34 +11,17 @@ Writes a CSV with the header `ID,Labels`, one row per id.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-import pandas as pd
-import torch
-
-from training.artifacts import atomic_write, write_json
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.data import DataError, ImageSet, load_images
-from training.loop import predict_logits, resolve_device
+from training.data import DataError, load_images
+from training.logs import add_verbosity_flags, configure_logging, level_from_flags
+from training.loop import resolve_device
+from training.predictions import predict_labels, write_predictions
 
-
-def predict_labels(
-    model: torch.nn.Module, images: ImageSet, *, tta_flip: bool, device: torch.device
-) -> torch.Tensor:
-    logits = predict_logits(model, images.images, tta_flip=tta_flip, device=device)
-    return logits.argmax(1).cpu()
-
-
-def write_predictions(
-    path: str | Path, ids: torch.Tensor, labels: torch.Tensor, meta: dict
-) -> Path:
-    """The `ID,Labels` CSV, plus a JSON sidecar (same name, .json) with the run's metadata."""
-    frame = pd.DataFrame({"ID": ids.cpu().numpy(), "Labels": labels.cpu().numpy()})
-    path = Path(path)
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-    write_json(path.with_suffix(path.suffix + ".json"), meta)
-    return path
+logger = logging.getLogger("training.predict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="CSV to write (ID,Labels)")
     p.add_argument("--tta", action="store_true", help="average with the mirrored image")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_verbosity_flags(p)
     args = p.parse_args(argv)
+    configure_logging(level_from_flags(args))
     try:
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint, map_location=device)
         images = load_images(args.input)
     except (CheckpointError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        logger.error(e)
         return 2
     model = model_from_checkpoint(ckpt, device)
     labels = predict_labels(model, images, tta_flip=args.tta, device=device)
@@ -71,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if images.labels is not None:
         meta["accuracy"] = (labels == images.labels).float().mean().item()
-        print(f"accuracy {meta['accuracy']:.2%} on {len(images):,} labeled images")
+        logger.info(f"accuracy {meta['accuracy']:.2%} on {len(images):,} labeled images")
     write_predictions(args.out, images.ids, labels, meta)
-    print(f"wrote {len(images):,} predictions to {args.out}")
+    logger.info(f"wrote {len(images):,} predictions to {args.out}")
     return 0
 
 

@@ -10,38 +10,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from models.registry import Registry
 from training.config import AugmentConfig, TrainConfig
 
-_RECIPES: dict[str, Callable[[], TrainConfig]] = {}
-
-
-def register_recipe(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
-    if fn.__name__ in _RECIPES:
-        raise ValueError(f"recipe {fn.__name__!r} is registered twice")
-    _RECIPES[fn.__name__] = fn
-    return fn
+RECIPES: Registry[Callable[[], TrainConfig]] = Registry("recipe")
+register_recipe = RECIPES.register
 
 
 def list_recipes() -> list[str]:
-    return sorted(_RECIPES)
-
-
-def describe_recipe(name: str) -> str:
-    doc = (_lookup(name).__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    return sorted(RECIPES)
 
 
 def get_recipe(name: str, **overrides: Any) -> TrainConfig:
     """The named recipe, with `overrides` (TrainConfig fields, or `augment.<field>`)."""
-    cfg = _lookup(name)()
+    cfg = RECIPES[name]()
     return cfg.replace(**overrides) if overrides else cfg
-
-
-def _lookup(name: str) -> Callable[[], TrainConfig]:
-    try:
-        return _RECIPES[name]
-    except KeyError:
-        raise KeyError(f"unknown recipe {name!r}; recipes: {', '.join(list_recipes())}") from None
 
 
 # Seed reports ran no warm-up and no test-time flip; their recipes keep that.
