@@ -1,16 +1,15 @@
-"""What a search space is, and how the parameter budget is enforced.
+"""What a search space is.
 
 A space is declared once, as an Optuna define-by-run function (`suggest`) that asks for
 raw parameters, plus a `build` function that turns those parameters into the typed
 `ArchConfig` and `TrainConfig`. Everything else derives from that declaration:
 
-- the Ray Tune / Optuna search space (`define_by_run`, handed to Ray's OptunaSearch);
-- the budget check: `resolve` builds the architecture, counts its parameters on the
-  `meta` device, and, when it is over the budget, scales every channel width down by the
-  largest factor that fits (channels stay multiples of 8, at least 8). A sample is never
-  rejected, so no trial of the search is wasted, and no network over the budget is ever
-  built for training. The sampler sees the raw parameters; the scale it led to is part
-  of each trial's config (`width_scale`) and results;
+- the Ray Tune / Optuna search space (`sample`, handed to Ray's OptunaSearch);
+- the budget: `sample` builds the sampled network and fits it to the budget
+  (`models.budget.fit_to_budget`) once; the parameter count and the width scale it found
+  travel with the trial's config, and `configs` rebuilds the same network from them
+  without searching again. A sample is never rejected, so no trial is wasted, and no
+  network over the budget is ever built for training;
 - the smallest model of the space (`smallest_params`): the declaration run with every
   parameter at its lowest value (or its first choice: spaces list the cheapest choice
   first), then scaled to the narrowest widths. A budget below it is refused up front.
@@ -22,12 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from models import ArchConfig, StageSpec, count_params
+from models import ArchConfig, BudgetTooSmallError, count_params, scale_widths
+from models.budget import apply_width_scale, fit_to_budget
 from training.config import TrainConfig
-
-CHANNEL_MULTIPLE = 8  # widths are rounded to multiples of this (tensor-core friendly)
-MIN_CHANNELS = 8
-
 
 # Keys a search adds to every trial's config beside the sampled parameters.
 CONSTANT_KEYS = ("space", "budget", "params", "width_scale", "seed", "trial_number")
@@ -38,8 +34,15 @@ def raw_params(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in CONSTANT_KEYS}
 
 
-class BudgetTooSmallError(ValueError):
-    """Even the smallest network of a space is over the budget."""
+def trial_configs(
+    config: dict[str, Any], max_epochs: int | None = None
+) -> tuple[ArchConfig, TrainConfig]:
+    """(ArchConfig, TrainConfig) of a trial's config: the network its sample was fitted to
+    (the width scale travels in the config; nothing is searched again)."""
+    from search_spaces.spaces import get_space
+
+    space = get_space(config["space"])
+    return space.configs(raw_params(config), config.get("width_scale", 1.0), max_epochs)
 
 
 # What a define-by-run function receives: an optuna.Trial, or anything with its suggest_*.
@@ -58,20 +61,23 @@ class SearchSpace:
     starting_points: tuple[Params, ...] = ()
 
     def sample(self, trial: Suggester, budget: int) -> Params:
-        """Suggest one configuration; return the constants OptunaSearch adds to it."""
+        """Suggest one configuration and fit it to the budget; return the constants that
+        travel with it: its exact parameter count and the width scale that fits it."""
         self.suggest(trial)
-        _, _, params, scale = self.resolve(dict(trial.params), budget)
+        arch, _ = self.build(dict(trial.params))
+        _, params, scale = fit_to_budget(arch, budget)
         return {"space": self.name, "budget": budget, "params": params, "width_scale": scale}
 
-    def resolve(
-        self, raw: Params, budget: int, max_epochs: int | None = None
-    ) -> tuple[ArchConfig, TrainConfig, int, float]:
-        """(arch within the budget, training config, parameter count, width scale)."""
+    def configs(
+        self, raw: Params, width_scale: float, max_epochs: int | None = None
+    ) -> tuple[ArchConfig, TrainConfig]:
+        """The network and training config a sample trains: `build`, then the width scale
+        `sample` found, then the run's length (epoch-valued settings keep their share)."""
         arch, cfg = self.build(raw)
-        arch, params, scale = fit_to_budget(arch, budget)
+        arch = apply_width_scale(arch, width_scale)
         if max_epochs is not None:
             cfg = cfg.with_epochs(max_epochs)
-        return arch, cfg, params, scale
+        return arch, cfg
 
     def smallest_params(self) -> int:
         raw: Params = {}
@@ -87,41 +93,6 @@ class SearchSpace:
                 f"{self.name!r} ({smallest:,} parameters at the narrowest widths); "
                 f"raise --budget to at least {smallest:,} or pick a smaller space"
             )
-
-
-def round_channels(channels: float) -> int:
-    return max(MIN_CHANNELS, int(round(channels / CHANNEL_MULTIPLE)) * CHANNEL_MULTIPLE)
-
-
-def scale_widths(arch: ArchConfig, scale: float) -> ArchConfig:
-    """Every width (stem and stages) times `scale`, rounded; heads stay divisible."""
-    new_stages = tuple(
-        StageSpec(s.blocks, round_channels(s.channels * scale), s.stride) for s in arch.stages
-    )
-    return arch.replace(stem_channels=round_channels(arch.stem_channels * scale), stages=new_stages)
-
-
-def fit_to_budget(arch: ArchConfig, budget: int) -> tuple[ArchConfig, int, float]:
-    """(arch, params, scale): `arch` itself if it fits, else its widths scaled down by the
-    largest factor (to 1e-3) that fits. Raises BudgetTooSmallError if none does."""
-    params = count_params(arch)
-    if params <= budget:
-        return arch, params, 1.0
-    narrowest = scale_widths(arch, 0.0)
-    if count_params(narrowest) > budget:
-        raise BudgetTooSmallError(
-            f"even at the narrowest widths this network has {count_params(narrowest):,} "
-            f"parameters, over the budget of {budget:,}"
-        )
-    lo, hi = 0.0, 1.0  # lo fits, hi does not
-    while hi - lo > 1e-3:
-        mid = (lo + hi) / 2
-        if count_params(scale_widths(arch, mid)) <= budget:
-            lo = mid
-        else:
-            hi = mid
-    fitted = scale_widths(arch, lo)
-    return fitted, count_params(fitted), round(lo, 4)
 
 
 class LowestTrial:

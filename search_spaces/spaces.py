@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
-from models import SEED_MODELS, ArchConfig, StageSpec, get_arch
-from search_spaces.base import Params, SearchSpace, Suggester, round_channels
+from models import SEED_MODELS, ArchConfig, Registry, StageSpec, get_arch
+from models.budget import round_channels
+from search_spaces.base import Params, SearchSpace, Suggester
 from training.config import AugmentConfig, TrainConfig
 from training.recipes import get_recipe
 
@@ -181,33 +182,34 @@ def _build_tiny(p: Params) -> tuple[ArchConfig, TrainConfig]:
     return arch, cfg
 
 
-SPACES: dict[str, SearchSpace] = {
-    space.name: space
-    for space in (
-        SearchSpace(
-            "efficient_resnet",
-            "3-4 stages of 1-5 blocks, widths, SE, dropout, activation, block kind, "
-            "plus optimizer, schedule, regularization and augmentation (the default)",
-            _suggest_efficient,
-            _build_efficient,
-            starting_points=(EFFICIENT_START,),
-        ),
-        SearchSpace(
-            "seeds",
-            "the five seed reports' networks with their own recipes: the baselines",
-            _suggest_seed,
-            _build_seed,
-            fixed_trials=tuple({"preset": name} for name in sorted(SEED_MODELS.values())),
-        ),
-        SearchSpace(
-            "tiny",
-            "1-2 stages of 8-32 channels and a learning rate: CPU smoke runs and tests",
-            _suggest_tiny,
-            _build_tiny,
-            starting_points=(TINY_START,),
-        ),
-    )
-}
+SPACES: Registry[SearchSpace] = Registry(
+    "search space", "(python -m tune.search --list-spaces describes them)"
+)
+for _space in (
+    SearchSpace(
+        "efficient_resnet",
+        "3-4 stages of 1-5 blocks, widths, SE, dropout, activation, block kind, "
+        "plus optimizer, schedule, regularization and augmentation (the default)",
+        _suggest_efficient,
+        _build_efficient,
+        starting_points=(EFFICIENT_START,),
+    ),
+    SearchSpace(
+        "seeds",
+        "the five seed reports' networks with their own recipes: the baselines",
+        _suggest_seed,
+        _build_seed,
+        fixed_trials=tuple({"preset": name} for name in sorted(SEED_MODELS.values())),
+    ),
+    SearchSpace(
+        "tiny",
+        "1-2 stages of 8-32 channels and a learning rate: CPU smoke runs and tests",
+        _suggest_tiny,
+        _build_tiny,
+        starting_points=(TINY_START,),
+    ),
+):
+    SPACES.add(_space.name, _space)
 
 
 def list_spaces() -> list[str]:
@@ -215,10 +217,4 @@ def list_spaces() -> list[str]:
 
 
 def get_space(name: str) -> SearchSpace:
-    try:
-        return SPACES[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown search space {name!r}; valid spaces: {', '.join(SPACES)} "
-            "(python -m tune.search --list-spaces describes them)"
-        ) from None
+    return SPACES[name]

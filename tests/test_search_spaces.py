@@ -1,8 +1,8 @@
 import optuna
 import pytest
 
-from models import count_params
-from search_spaces import BudgetTooSmallError, fit_to_budget, get_space, list_spaces
+from models import BudgetTooSmallError, count_params, fit_to_budget
+from search_spaces import get_space, list_spaces
 from training.config import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -26,22 +26,23 @@ def test_every_sample_fits_the_budget_and_reports_its_exact_count(name):
     space, samples = _sample(name, budget, 12)
     scaled = 0
     for raw, constants in samples:
-        arch, cfg, params, scale = space.resolve(raw, budget)
-        assert params == count_params(arch) == constants["params"]
-        assert params <= budget
+        # The network a trial trains is rebuilt from the constants, without a new fit.
+        arch, cfg = space.configs(raw, constants["width_scale"])
+        assert count_params(arch) == constants["params"] <= budget
+        assert arch == fit_to_budget(space.build(raw)[0], budget)[0]
         assert isinstance(cfg, TrainConfig)
-        scaled += scale < 1.0
+        scaled += constants["width_scale"] < 1.0
     if name == "tiny":
         assert scaled > 0  # the small budget really bit, and those samples still ran
 
 
-def test_resolve_is_deterministic_and_caps_epochs():
-    space, samples = _sample("efficient_resnet", 5_000_000, 3)
-    raw = samples[0][0]
-    a = space.resolve(raw, 1_000_000, max_epochs=7)
-    b = space.resolve(raw, 1_000_000, max_epochs=7)
+def test_configs_are_deterministic_and_set_the_run_length():
+    space, samples = _sample("efficient_resnet", 1_000_000, 3)
+    raw, constants = samples[0]
+    a = space.configs(raw, constants["width_scale"], max_epochs=7)
+    b = space.configs(raw, constants["width_scale"], max_epochs=7)
     assert a == b
-    assert a[1].epochs == 7 and a[2] <= 1_000_000
+    assert a[1].epochs == 7 and count_params(a[0]) == constants["params"] <= 1_000_000
 
 
 def test_dependent_parameters_follow_the_number_of_stages():
@@ -59,17 +60,6 @@ def test_budget_below_the_smallest_model_is_refused():
     space.check_budget(smallest)
     with pytest.raises(BudgetTooSmallError, match=f"{smallest:,}"):
         space.check_budget(smallest - 1)
-
-
-def test_fit_to_budget_leaves_fitting_models_alone_and_shrinks_others():
-    space = get_space("seeds")
-    arch, _ = space.build({"preset": "efficient_resnet"})
-    same, params, scale = fit_to_budget(arch, 5_000_000)
-    assert same == arch and scale == 1.0 and params == 4_697_742
-    small, params, scale = fit_to_budget(arch, 1_000_000)
-    assert params <= 1_000_000 and scale < 1.0
-    assert [s.blocks for s in small.stages] == [s.blocks for s in arch.stages]
-    assert all(s.channels % 8 == 0 for s in small.stages)
 
 
 def test_seed_space_has_the_five_presets_as_fixed_trials():
