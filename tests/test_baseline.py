@@ -15,7 +15,9 @@ from models import SEED_MODELS
 from search_spaces import SPACES, get_space
 from tests.conftest import write_python_batches
 from tests.searchrun import check_ok, read_table, search
-from tune.search import SearchSettings, parse_duration, trial_slots
+from tune.cli import parse_duration
+from tune.runner import trial_slots
+from tune.settings import SearchSettings
 
 
 @pytest.mark.parametrize(

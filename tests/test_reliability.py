@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +19,22 @@ import pytest
 import torch
 
 from tests.conftest import separable_images, write_python_batches
-from tests.searchrun import check_ok, read_results, read_table, search, tensorboard
+from tests.searchrun import (
+    MARKER_VAR,
+    ROOT,
+    check_ok,
+    kill,
+    marked_pids,
+    read_results,
+    read_table,
+    search,
+    tensorboard,
+)
 from training import artifacts
 from training import predict as predict_cli
 from training import train as train_cli
 from training.checkpoint import load_checkpoint, save_checkpoint
+from tune import runner
 from tune import search as search_cli
 
 # --- faults inside trials: a killed worker, a NaN loss, an out-of-memory error ---------------
@@ -245,14 +261,80 @@ def test_more_gpus_per_trial_than_the_cluster_has(tmp_path):
 # --- security -----------------------------------------------------------------------------
 
 
+LOOPBACK_V4 = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian hex)
+LOOPBACK_V6 = ("00000000000000000000000001000000", "0000000000000000FFFF00000100007F")
+
+
+def _listening_sockets(pids: list[int]) -> list[tuple[str, str, int]]:
+    """(family, local address as /proc writes it, pid) of every TCP socket in LISTEN state
+    that one of `pids` holds."""
+    owners = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        owners[link[len("socket:[") : -1]] = pid
+        except OSError:  # the process ended meanwhile
+            continue
+    found = []
+    for family in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{family}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in owners:  # 0A: LISTEN
+                found.append((family, fields[1], owners[fields[9]]))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_a_search_listens_on_loopback_only(tmp_path):
+    """Run a real search (its own embedded Ray, as a user starts it) and, while its trials
+    run, list every listening socket of every process it spawned, again and again: each
+    must be bound to 127.0.0.1 (or ::1), or the test fails naming the socket and process."""
+    data = write_python_batches(tmp_path / "data", n_train=200, n_test=50)
+    args = ["--space", "tiny", "--data", str(data), "--num-samples", "3", "--max-epochs", "2",
+            "--subset", "100", "--skip-retrain", "--storage-path", str(tmp_path / "exp"),
+            "--name", "ports"]  # fmt: skip
+    marker = uuid.uuid4().hex
+    # The environment a user's shell has: none of the tests' own Ray settings.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tune.search", *args],
+            cwd=ROOT,
+            env={**env, MARKER_VAR: marker},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    seen: dict[tuple[str, str], str] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            for family, local, pid in _listening_sockets(marked_pids(marker)):
+                with contextlib.suppress(OSError):
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                    seen.setdefault((family, local), f"{cmd} (pid {pid})")
+            time.sleep(0.2)
+        assert proc.poll() == 0, (tmp_path / "out.txt").read_text()[-3000:]
+    finally:
+        kill(proc, marker)
+    assert len(seen) >= 2, seen  # the GCS and the raylet at least: the scan works
+    for (family, local), process in seen.items():
+        address = local.split(":")[0]
+        assert address == LOOPBACK_V4 or address in LOOPBACK_V6, (
+            f"{process} listens on {family} {local}, not on loopback"
+        )
+
+
 def test_embedded_ray_starts_without_a_dashboard(monkeypatch):
     import ray
 
     seen = {}
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
-    search_cli._start_ray(None)
+    monkeypatch.setattr(ray, "nodes", lambda: [])
+    runner.start_ray(None)
     assert seen["include_dashboard"] is False and seen["address"] is None
-    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # loopback only
-    search_cli._start_ray("127.0.0.1:6379")
+    runner.start_ray("127.0.0.1:6379")
     assert seen["include_dashboard"] is False and seen["address"] == "127.0.0.1:6379"

@@ -15,7 +15,7 @@ def test_uri_storage_stages_locally_and_copies_both_ways(tmp_path, monkeypatch):
     remote = tmp_path / "bucket"
     storage = ExperimentStorage(f"file://{remote}", "exp")
     storage.check_writable()
-    assert storage.local_dir == tmp_path / "cache" / "staging" / "exp"
+    assert storage.local_dir == tmp_path / "cache" / "exp"
     (storage.local_dir / "final").mkdir(parents=True)
     (storage.local_dir / "final" / "metrics.json").write_text('{"a": 1}')
     (storage.local_dir / "trials.parquet").write_bytes(b"PAR1")

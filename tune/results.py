@@ -97,7 +97,10 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
             # Ray node ids the trial ran on, in order (more than one after a node was lost).
             "nodes": ",".join(dict.fromkeys(h["node_id"].dropna())) if "node_id" in h else "",
             "path": r.path,
-            "code_version": code_version(),
+            # The code that trained the trial (older trials did not report it).
+            "code_version": str(h["code_version"].dropna().iloc[-1])
+            if "code_version" in h and h["code_version"].notna().any()
+            else "",
         }
         for key, value in sorted(r.config.items()):
             row[f"config/{key}"] = (

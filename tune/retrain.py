@@ -6,6 +6,7 @@ can train one after the other (`retrain`) or as concurrent Ray tasks that share 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -17,11 +18,14 @@ from models import ArchConfig
 from training.artifacts import code_version, write_json
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
-from training.data import ImageSet
-from training.loop import DataSplits, predict_logits, resolve_device
-from training.predict import write_predictions
-from training.train import run_training
+from training.data import DataSplits, ImageSet
+from training.logs import configure_logging
+from training.loop import predict_logits, resolve_device
+from training.predictions import write_predictions
+from training.run import run_training
 from tune.storage import ExperimentStorage
+
+logger = logging.getLogger(__name__)
 
 
 def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:
@@ -49,13 +53,13 @@ def retrain_seed(
     seed_cfg = cfg.replace(seed=seed, val_size=0)
     done = folder / "metrics.json"
     if done.exists() and json.loads(done.read_text()).get("epochs") == seed_cfg.epochs:
-        print(f"retrain seed {seed}: already finished, kept", flush=True)
+        logger.info("retrain seed %d: already finished, kept", seed)
         return json.loads(done.read_text())
     resume = None
     if (folder / "checkpoint.pt").exists():
         resume = load_checkpoint(folder / "checkpoint.pt")
-        print(f"retrain seed {seed}: resuming after epoch {resume['epoch']}", flush=True)
-    print(f"retrain seed {seed}, {seed_cfg.epochs} epochs", flush=True)
+        logger.info("retrain seed %d: resuming after epoch %d", seed, resume["epoch"])
+    logger.info("retrain seed %d, %d epochs", seed, seed_cfg.epochs)
     folder.mkdir(parents=True, exist_ok=True)
     splits = DataSplits(train=train, val=None, test=test)
     result = run_training(
@@ -183,11 +187,13 @@ def retrain_seed_in_storage(
     *,
     device: str,
     threads: int,
+    log_level: int = logging.INFO,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`retrain_seed` into the experiment's final/seed_<seed>/, wherever the experiment is
     stored: run as a Ray task, possibly on another node beside other seeds, it first fetches
     what an interrupted retrain of this seed left there, and copies its folder back."""
+    configure_logging(log_level)
     torch.set_num_threads(threads)
     storage = ExperimentStorage(storage_path, name)
     folder = f"final/seed_{seed}"
@@ -213,10 +219,12 @@ def summarize_in_storage(
     threads: int,
     gpu_share: float,
     wall_seconds: float,
+    log_level: int = logging.INFO,
     predict: ImageSet | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`summarize` the seeds' runs in the experiment's final/, wherever it is stored."""
+    configure_logging(log_level)
     torch.set_num_threads(threads)
     storage = ExperimentStorage(storage_path, name)
     storage.pull("final")

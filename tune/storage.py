@@ -9,13 +9,14 @@ For a local storage path the local folder *is* the experiment folder and nothing
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-STAGING_ROOT = Path(os.environ.get("RESNET_TUNE_CACHE", "~/.cache/resnet-tune")).expanduser()
+from training.artifacts import CACHE_ROOT
+
+STAGING_ROOT = CACHE_ROOT / "staging"  # local copies of experiments on cloud storage
 
 
 class StorageError(ValueError):
@@ -38,7 +39,7 @@ class ExperimentStorage:
                     f"--storage-path {storage_path} is not a storage URI pyarrow can open: {e}"
                 ) from None
             self.remote_dir: str | None = f"{root.rstrip('/')}/{name}"
-            self.local_dir = STAGING_ROOT / "staging" / name
+            self.local_dir = STAGING_ROOT / name
         else:
             self.fs = None
             self.remote_dir = None

@@ -6,6 +6,7 @@ only adapts its per-epoch callback to Ray (metrics, checkpoints) and TensorBoard
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import zlib
@@ -19,11 +20,15 @@ from ray import tune as ray_tune
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from search_spaces import get_space, raw_params
+from search_spaces import get_space, raw_params, trial_configs
+from training.artifacts import code_version
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import cap_batch_size
-from training.loop import DataSplits, NonFiniteLossError, TrainState, train
+from training.data import DataSplits
+from training.logs import configure_logging
+from training.loop import NonFiniteLossError, TrainState, train
 from tune import faults
+from tune.ray_compat import local_trial_dir
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TENSORBOARD_DIR = "tensorboard"  # inside each trial's folder
@@ -35,6 +40,7 @@ class TrialSettings:
     max_batch_size: int | None  # cap on the sampled batch size (reduced CPU runs)
     use_gpu: bool  # train on the GPU Ray assigned to the trial
     threads: int  # torch CPU threads (the trial's CPU share)
+    log_level: int = logging.INFO  # the driver's logging level, for the worker's lines
 
 
 def derive_seed(base_seed: int, trial_number: int) -> int:
@@ -64,10 +70,11 @@ def _hparam_value(value: Any) -> Any:
 
 def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings) -> None:
     """The Ray function trainable."""
+    configure_logging(settings.log_level)
     torch.set_num_threads(settings.threads)
-    space = get_space(config["space"])
-    arch, cfg, params, _ = space.resolve(raw_params(config), config["budget"], settings.max_epochs)
+    arch, cfg = trial_configs(config, settings.max_epochs)
     cfg = cap_batch_size(cfg, settings.max_batch_size).replace(seed=config["seed"])
+    params = config["params"]
     device = "cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu"
 
     resume = None
@@ -83,10 +90,8 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
     # Ray's last sync of a stopped trial runs *before* its thread's `finally` (ray/train/
     # _internal/session.py: finish), so what the `finally` writes (the hparams session end)
     # was often lost: on local storage, write the logs in place, where nothing needs a sync.
-    tb_dir = TENSORBOARD_DIR
-    storage = ray_tune.get_context().get_storage()
-    if storage is not None and storage.storage_filesystem.type_name == "local":
-        tb_dir = str(Path(storage.trial_fs_path) / TENSORBOARD_DIR)
+    trial_dir = local_trial_dir()
+    tb_dir = str(trial_dir / TENSORBOARD_DIR) if trial_dir else TENSORBOARD_DIR
     planned = faults.planned_faults(config.get("trial_number"))
     writer = SummaryWriter(tb_dir, purge_step=start_epoch + 1)
     hp = {k: _hparam_value(v) for k, v in raw_params(config).items()}
@@ -96,7 +101,11 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
     writer.file_writer.add_summary(start_info)
 
     last: dict[str, float] = {}  # the latest epoch's metrics, for a failure report
-    node_info = {"node_id": ray.get_runtime_context().get_node_id(), "device": device}
+    node_info = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "device": device,
+        "code_version": code_version(),  # of the code that trained this trial
+    }
 
     def report(metrics: dict[str, float], state: TrainState) -> None:
         step = int(metrics["epoch"])

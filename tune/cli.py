@@ -1,0 +1,159 @@
+"""The search command's arguments: the parser, the defaults, and every check that needs
+neither data nor Ray, so a typo fails in a second."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from models import DEFAULT_BUDGET
+from search_spaces import SPACES, get_space, list_spaces
+from training.logs import add_verbosity_flags
+
+
+class UsageError(ValueError):
+    """A bad command-line input, found before Ray starts."""
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What an option left unset becomes."""
+
+    num_samples: int  # trials
+    max_epochs: int  # epochs of a trial that ASHA never stops
+    grace_period: int  # ASHA: epochs before a trial may be stopped
+    retrain_seeds: int  # seeds of the final retrain
+    subset: int | None  # training images used (None: all)
+    max_batch_size: int | None  # cap on every trial's and the retrain's batch size (no flag)
+
+
+FULL = Defaults(
+    num_samples=64, max_epochs=30, grace_period=4, retrain_seeds=3, subset=None, max_batch_size=None
+)
+# What a search without a GPU does unless told otherwise: a few minutes on a laptop CPU.
+REDUCED = Defaults(
+    num_samples=4,
+    max_epochs=2,
+    grace_period=1,
+    retrain_seeds=1,
+    subset=500,
+    # CPU training keeps every activation of a batch in host memory: batch 1024 through a
+    # wide 32x32 stage took 19 GB and Ray's memory monitor killed the trial.
+    max_batch_size=128,
+)
+# With --time-budget and no --num-samples, the budget alone ends the search.
+UNLIMITED_SAMPLES = 100_000
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '45m', '2h' or a plain number of seconds -> seconds."""
+    value, unit = text.strip(), "s"
+    if value and value[-1].lower() in _DURATION_UNITS:
+        value, unit = value[:-1], value[-1].lower()
+    try:
+        seconds = float(value) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; write a positive number with s, m or h, e.g. 45m"
+        )
+    return seconds
+
+
+def _both(field: str) -> str:
+    """'FULL; REDUCED without a GPU' for an option's help."""
+    full, reduced = getattr(FULL, field), getattr(REDUCED, field)
+    return f"{full if full is not None else 'all'}; {reduced} without a GPU"
+
+
+DESCRIPTION = """\
+Search a space of CIFAR-10 ResNets and their training recipes under a parameter budget,
+then retrain the best and test it.
+
+    python -m tune.search --space efficient_resnet --data DIR
+
+Ray Tune runs the trials (an embedded local Ray, or a cluster with --address), Optuna
+suggests configurations, ASHA stops weak trials early. The experiment folder
+(STORAGE/NAME) then holds the trials with their TensorBoard logs, trials.parquet,
+best_config.json, final/ (retrained checkpoints, metrics.json, predictions.csv) and
+report.md. Re-running with the same --name (or --resume) continues an interrupted search.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tune.search",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--space", default="efficient_resnet", help="search space (see --list-spaces)")
+    a("--list-spaces", action="store_true", help="list the search spaces and exit")
+    a("--data", help="CIFAR-10 folder or archive; omit to download with torchvision")
+    a("--budget", type=int, default=DEFAULT_BUDGET, help="max trainable parameters per model")
+    a(
+        "--num-samples",
+        type=int,
+        help=f"trials to run ({_both('num_samples')}; unlimited with --time-budget)",
+    )
+    a(
+        "--time-budget",
+        type=parse_duration,
+        help="stop the search after this long (e.g. 90s, 45m, 2h), then retrain the best",
+    )
+    a("--max-epochs", type=int, help=f"epochs of a trial ({_both('max_epochs')})")
+    a("--grace-period", type=int, help=f"ASHA: epochs before a stop ({_both('grace_period')})")
+    a("--reduction-factor", type=int, default=2, help="ASHA: keep 1/this many at each rung")
+    a("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (1; 0 on CPU)")
+    a("--cpus-per-trial", type=float, default=1, help="CPUs per trial")
+    a("--address", help="an existing Ray cluster (e.g. 10.0.0.5:6379 or auto)")
+    a("--storage-path", default="experiments", help="local folder or s3:// / gs:// URI")
+    a("--name", help="experiment name (default: SPACE-DATE-TIME); an existing one resumes")
+    a("--resume", action="store_true", help="continue the experiment --name (or the latest)")
+    a("--seed", type=int, default=0, help="seeds the searcher and, derived, every trial")
+    a("--retrain-epochs", type=int, help="epochs of the final retrain (default: --max-epochs)")
+    a("--retrain-seeds", type=int, help=f"seeds of the final retrain ({_both('retrain_seeds')})")
+    a("--predict", help="unlabeled pickle (b'data', b'ids') to write final/predictions.csv for")
+    a("--subset", type=int, help=f"use N training images ({_both('subset')})")
+    a("--full", action="store_true", help="no reduced run even without a GPU")
+    a("--skip-retrain", action="store_true", help="stop after the search and its report")
+    add_verbosity_flags(p)
+    return p
+
+
+def format_space_list() -> str:
+    width = max(map(len, SPACES))
+    return "\n".join(f"{name:<{width}}  {s.description}" for name, s in SPACES.items())
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    if args.space not in SPACES:
+        raise UsageError(
+            f"unknown search space {args.space!r}; valid spaces: {', '.join(list_spaces())}"
+        )
+    for flag in (
+        "num_samples",
+        "max_epochs",
+        "grace_period",
+        "retrain_epochs",
+        "retrain_seeds",
+        "subset",
+    ):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} is {value}; it must be a positive number")
+    if args.reduction_factor < 2:
+        raise UsageError(f"--reduction-factor is {args.reduction_factor}; it must be at least 2")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial is {args.gpus_per_trial}; it must be 0 or more")
+    if args.data is not None and not Path(args.data).exists():
+        raise UsageError(
+            f"--data {args.data} does not exist; pass a CIFAR-10 folder or archive "
+            "(or omit --data to download CIFAR-10 with torchvision)"
+        )
+    if args.predict is not None and not Path(args.predict).is_file():
+        raise UsageError(f"--predict {args.predict} is not a file; pass an unlabeled pickle")
+    get_space(args.space).check_budget(args.budget)

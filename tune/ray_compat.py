@@ -1,0 +1,112 @@
+"""Every use of Ray Tune's private internals, each behind one small function.
+
+Written against Ray 2.60.0 (pinned in pyproject.toml). Where Ray's objects are not what
+that version has (another version, or Ray Client's proxies), each function falls back to
+what works without the internals and says so in a warning, so a search still runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def bind_local_ray_to_loopback() -> None:
+    """Make a local Ray started next bind every server to 127.0.0.1. Ray's switch for it,
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, is read once, when ray is first imported (Ray
+    otherwise resolves even an explicit 127.0.0.1 to the machine's network address), so
+    nothing may import ray before this runs; a warning says so if something did."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and getattr(constants, "ENABLE_RAY_CLUSTER", False):
+        logger.warning(
+            "ray was imported before the search could bind its local Ray to 127.0.0.1: its "
+            "servers listen on this machine's network address; keep the machine behind a "
+            "firewall, or import nothing that imports ray before tune.runner.start_ray"
+        )
+
+
+def restored_scheduler(tuner: Any) -> Any | None:
+    """The trial scheduler of a Tuner made by `Tuner.restore` (no public accessor)."""
+    try:
+        return tuner._local_tuner._tune_config.scheduler
+    except AttributeError:
+        return None
+
+
+def refill_asha_rungs(tuner: Any, scheduler: Any | None = None) -> int:
+    """Ray restores the ASHA scheduler object as it was pickled when the experiment started,
+    not what its rungs have recorded since (scheduler state is not part of the experiment
+    checkpoint: ray-project/ray#30838, open), so a resumed search would compare new trials against empty rungs and stop none. Refill them
+    from the restored results, as ASHA itself would have recorded them: the metric at the
+    first reported iteration at or past each milestone, times the scheduler's sign for its
+    mode, into the one bracket the trial belongs to. Returns the entries written; 0, with a
+    warning, where the scheduler is not the ASHA of the pinned Ray."""
+    scheduler = scheduler if scheduler is not None else restored_scheduler(tuner)
+    try:
+        brackets = scheduler._brackets
+        assigned = scheduler._trial_info
+        rungs = [bracket._rungs for bracket in brackets]
+        time_attr = scheduler._time_attr
+        # A scheduler that took its metric and mode from the TuneConfig was pickled before
+        # Ray handed them over: read them where they were given.
+        tune_config = tuner._local_tuner._tune_config
+        metric = scheduler._metric or tune_config.metric
+        mode = scheduler._mode or tune_config.mode
+        sign = {"max": 1.0, "min": -1.0}[mode]
+    except (AttributeError, KeyError):
+        logger.warning(
+            "the restored scheduler (%s) is not the ASHA of Ray 2.60: its rungs start empty, "
+            "so trials before the first new rung are not compared with finished ones",
+            type(scheduler).__name__,
+        )
+        return 0
+    filled = 0
+    for result in tuner.get_results():
+        history = result.metrics_dataframe
+        if history is None or metric not in history or time_attr not in history:
+            continue
+        history = history.dropna(subset=[metric])
+        if not len(history):
+            continue
+        trial_id = str(history["trial_id"].iloc[-1])
+        bracket = assigned.get(trial_id)
+        index = brackets.index(bracket) if bracket in brackets else _bracket_of(trial_id, rungs)
+        for milestone, recorded in rungs[index]:
+            reached = history[history[time_attr] >= milestone]
+            if len(reached) and trial_id not in recorded:
+                recorded[trial_id] = sign * float(reached[metric].iloc[0])
+                filled += 1
+    return filled
+
+
+def _bracket_of(trial_id: str, rungs: list[Any]) -> int:
+    """A finished trial's bracket is not kept anywhere; any fixed choice keeps each trial in
+    exactly one bracket, as ASHA does (a stable hash, not Python's salted one)."""
+    return int(hashlib.sha256(trial_id.encode()).hexdigest(), 16) % len(rungs)
+
+
+def local_trial_dir() -> Path | None:
+    """The running trial's folder in the experiment, when the experiment is on the local
+    (or a shared) filesystem; None on cloud storage or outside a trial. Ray's trial
+    context exposes it only through its StorageContext, a developer API whose attributes
+    are Ray's own (ray-project/ray#39281)."""
+    from ray import tune as ray_tune
+
+    try:
+        storage = ray_tune.get_context().get_storage()
+        if storage is None or storage.storage_filesystem.type_name != "local":
+            return None
+        return Path(storage.trial_fs_path)
+    except (AttributeError, RuntimeError):
+        logger.warning(
+            "Ray's trial storage is not what Ray 2.60 has; logs go to the trial's "
+            "working folder and reach storage with its next sync"
+        )
+        return None

@@ -1,0 +1,213 @@
+"""Running the trials on Ray: starting (or joining) Ray, fitting trials to its nodes, and the
+Tuner with its searcher and scheduler, new or restored."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from search_spaces import get_space
+from training.data import DataSplits
+from tune.cli import UsageError
+from tune.ray_compat import bind_local_ray_to_loopback, refill_asha_rungs, restored_scheduler
+from tune.settings import SearchSettings
+
+logger = logging.getLogger(__name__)
+
+# Set before Ray is imported: our own TensorBoard writer replaces Ray's, the experiment
+# state is saved every 5 s (a killed driver loses little), and logs are not de-duplicated.
+RAY_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def start_ray(address: str | None, quiet: bool = False) -> list[dict[str, Any]]:
+    """Start an embedded local Ray (or join the cluster at `address`); its live nodes."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if not address:
+        # The embedded local Ray binds every server to the loopback interface, so nothing
+        # of it is reachable from outside this machine.
+        bind_local_ray_to_loopback()
+    import ray
+
+    # No dashboard either way: it would be one more open port with no authentication.
+    ray.init(
+        address=address or None,
+        include_dashboard=False,
+        log_to_driver=True,
+        logging_level=logging.WARNING if quiet else logging.INFO,
+    )
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def cluster_gpus(nodes: list[dict[str, Any]]) -> float:
+    return sum(n.get("Resources", {}).get("GPU", 0) for n in nodes)
+
+
+def _fits(available: float, per_trial: float) -> int:
+    """How many shares of `per_trial` fit in `available`; 1 / 0.2 is 5, not float's 4."""
+    return int(available / per_trial + 1e-9) if per_trial > 0 else 0
+
+
+def trial_slots(settings: SearchSettings, nodes: list[dict[str, Any]]) -> int:
+    """How many trials fit on the cluster's live nodes at once (a trial stays on one node)."""
+    slots = 0
+    for node in nodes:
+        res = node.get("Resources", {})
+        by_cpu = _fits(res.get("CPU", 0), settings.cpus_per_trial)
+        if settings.gpus_per_trial > 0:
+            slots += min(by_cpu, _fits(res.get("GPU", 0), settings.gpus_per_trial))
+        else:
+            slots += by_cpu
+    return slots
+
+
+def check_resources(settings: SearchSettings, nodes: list[dict[str, Any]], local: bool) -> None:
+    """A trial must fit on one node; on a fixed (local) cluster it must fit now."""
+    largest = max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0)
+    if settings.gpus_per_trial > largest and (local or largest > 0):
+        raise UsageError(
+            f"--gpus-per-trial {settings.gpus_per_trial:g} asks for more GPUs than any node of "
+            f"the Ray cluster has ({largest:g}); pass --gpus-per-trial {largest:g} or less"
+            + ("" if local else ", or add larger GPU nodes")
+        )
+    if settings.gpus_per_trial > largest:
+        logger.info("no GPU node is up yet: trials wait until the cluster's autoscaler adds one")
+
+
+def short_trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _fixed_trial_configs(settings: SearchSettings) -> list[dict[str, Any]]:
+    """Each fixed trial of the space with the constants a sampled trial carries."""
+    import optuna
+
+    from tune.trainable import derive_seed
+
+    space = get_space(settings.space)
+    configs = []
+    for number, point in enumerate(space.fixed_trials):
+        constants = space.sample(optuna.trial.FixedTrial(point), settings.budget)
+        configs.append(
+            {
+                **point,
+                **constants,
+                "seed": derive_seed(settings.seed, number),
+                "trial_number": number,
+            }
+        )
+    return configs
+
+
+def make_tuner(settings: SearchSettings, trainable: Any, slots: int, verbose: int) -> Any:
+    import optuna
+    from ray import tune as ray_tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.trainable import SpaceSampler
+
+    space = get_space(settings.space)
+    if space.fixed_trials:
+        # Fixed trials are baselines: each runs its whole schedule, none is stopped early.
+        scheduler: Any = FIFOScheduler()
+        configs = _fixed_trial_configs(settings)
+        # Ray's variant generator fills only keys that the param space already has.
+        param_space: dict[str, Any] = dict.fromkeys(configs[0])
+        search_alg: Any = BasicVariantGenerator(points_to_evaluate=configs)
+        num_samples = len(configs)
+    else:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=settings.max_epochs,
+            grace_period=settings.grace_period,
+            reduction_factor=settings.reduction_factor,
+        )
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        search_alg = OptunaSearch(
+            space=SpaceSampler(settings.space, settings.budget, settings.seed),
+            metric="val_acc",
+            mode="max",
+            sampler=optuna.samplers.TPESampler(
+                seed=settings.seed, n_startup_trials=max(4, min(10, settings.num_samples // 4))
+            ),
+            # The space's known-good configurations are its first trials (Optuna's
+            # enqueue_trial); they are trained and judged like every other trial.
+            points_to_evaluate=[dict(point) for point in space.starting_points] or None,
+        )
+        param_space = {}
+        num_samples = settings.num_samples
+    if slots == 0:
+        # An autoscaling cluster with no node for a trial yet: Ray then limits nothing, and
+        # trials start as nodes join.
+        logger.info("no live node can run a trial yet; trials start as nodes join")
+    return ray_tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=ray_tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            metric="val_acc",
+            mode="max",
+            num_samples=num_samples,
+            trial_dirname_creator=short_trial_dirname,
+            # With a searcher Ray starts one trial at a time unless told how many fit.
+            max_concurrent_trials=slots if slots > 0 else None,
+            time_budget_s=settings.time_budget_s,
+        ),
+        run_config=ray_tune.RunConfig(
+            name=settings.name,
+            storage_path=settings.storage_path,
+            failure_config=ray_tune.FailureConfig(max_failures=2),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            sync_config=ray_tune.SyncConfig(sync_artifacts=True),
+            callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
+            verbose=verbose,
+        ),
+    )
+
+
+def run_search(
+    settings: SearchSettings, splits: DataSplits, slots: int, log_level: int = logging.INFO
+) -> Any:
+    """Run (or continue) the experiment's trials to the end; Ray's ResultGrid."""
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tune.trainable import TrialSettings, run_trial
+
+    trial_data = DataSplits(train=splits.train, val=splits.val)  # trials never see test
+    trial_settings = TrialSettings(
+        max_epochs=settings.max_epochs,
+        max_batch_size=settings.max_batch_size,
+        use_gpu=settings.gpus_per_trial > 0,
+        threads=max(1, int(settings.cpus_per_trial)),
+        log_level=log_level,
+    )
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(run_trial, data=trial_data, settings=trial_settings),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+    )
+    path = settings.storage.uri
+    if ray_tune.Tuner.can_restore(path):
+        logger.info("resuming the search in %s", path)
+        tuner = ray_tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        scheduler = restored_scheduler(tuner)
+        if isinstance(scheduler, ASHAScheduler):
+            refilled = refill_asha_rungs(tuner, scheduler)
+            logger.info(
+                "scheduler %s; refilled %d ASHA rung entries", type(scheduler).__name__, refilled
+            )
+    else:
+        tuner = make_tuner(
+            settings, trainable, slots, verbose=1 if log_level <= logging.INFO else 0
+        )
+    return tuner.fit()

@@ -1,0 +1,164 @@
+"""An experiment's settings: what the command line and the defaults make of a search, saved
+in the experiment so that a resume (from any machine) continues with exactly them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+from training.artifacts import write_json
+from tune.cli import FULL, REDUCED, UNLIMITED_SAMPLES, Defaults, UsageError
+from tune.storage import ExperimentStorage, is_uri
+
+logger = logging.getLogger(__name__)
+SETTINGS_FILE = "search_settings.json"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that defines an experiment; saved in it so a resume reuses it exactly."""
+
+    space: str
+    name: str
+    storage_path: str
+    data: str | None  # absolute path of the data, or None for torchvision's download
+    budget: int  # trainable parameters per network
+    seed: int  # seeds the searcher, the validation split and (derived) every trial
+    num_samples: int  # trials; UNLIMITED_SAMPLES when a time budget ends the search
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+    gpus_per_trial: float  # fractions share a GPU
+    cpus_per_trial: float
+    retrain_epochs: int
+    retrain_seeds: int
+    subset: int | None
+    max_batch_size: int | None  # cap on every trial's and the retrain's batch size
+    predict: str | None  # unlabeled pickle to predict after the retrain
+    reduced: str  # why and how the run was reduced, or ""
+    time_budget_s: float | None = None  # no trial starts after this many seconds; None = none
+
+    @property
+    def storage(self) -> ExperimentStorage:
+        return ExperimentStorage(self.storage_path, self.name)
+
+    @property
+    def unlimited(self) -> bool:
+        return self.num_samples >= UNLIMITED_SAMPLES
+
+    @classmethod
+    def from_saved(cls, saved: dict, where: str) -> SearchSettings:
+        known = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        unknown, missing = sorted(set(saved) - known), sorted(required - set(saved))
+        if unknown or missing:
+            raise UsageError(
+                f"{where} was written by another version of this tool (unknown settings "
+                f"{unknown}, missing {missing}); continue it with that version, or start a new "
+                "experiment with another --name"
+            )
+        return cls(**saved)
+
+
+def _latest_experiment(storage: Path, space: str) -> str:
+    candidates = sorted(
+        (p for p in storage.glob(f"{space}-*") if (p / SETTINGS_FILE).exists()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not candidates:
+        raise UsageError(
+            f"--resume: no experiment of space {space!r} in {storage}; pass --name of the "
+            "experiment to continue"
+        )
+    return candidates[-1].name
+
+
+def open_storage(args: argparse.Namespace) -> tuple[ExperimentStorage, SearchSettings | None]:
+    """The experiment's storage (probed for writing) and its saved settings, if it has some:
+    an experiment that exists is continued with the settings it started with."""
+    root = (
+        args.storage_path
+        if is_uri(args.storage_path)
+        else str(Path(args.storage_path).expanduser().resolve())
+    )
+    name = args.name
+    if args.resume and name is None:
+        if is_uri(root):
+            raise UsageError("--resume with a cloud --storage-path needs the experiment's --name")
+        name = _latest_experiment(Path(root), args.space)
+    if name is None:
+        name = f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = ExperimentStorage(root, name)
+    storage.check_writable()
+    if storage.pull(SETTINGS_FILE):
+        path = storage.local_dir / SETTINGS_FILE
+        settings = SearchSettings.from_saved(json.loads(path.read_text()), str(path))
+        logger.info("continuing experiment %s with its saved settings", storage.uri)
+        return storage, settings
+    if args.resume:
+        raise UsageError(f"--resume: no experiment {name!r} in {root} to continue")
+    return storage, None
+
+
+def reduced_message(args: argparse.Namespace) -> str:
+    """What a run without a GPU sets that the user left unset, and how to undo it."""
+    chosen = [
+        f"{key.replace('_', '-')} {value}"
+        for key, value in asdict(REDUCED).items()
+        if key != "max_batch_size"
+        and value is not None
+        and getattr(args, key, None) is None
+        and not (key == "num_samples" and args.time_budget is not None)
+    ]
+    return (
+        "no GPU found, so unset options take small values: "
+        + ", ".join(chosen)
+        + f", and batches of at most {REDUCED.max_batch_size} images (learning rate scaled with "
+        "them); pass --full for the full search, or set the options yourself"
+    )
+
+
+def resolve_settings(
+    args: argparse.Namespace, storage: ExperimentStorage, have_gpu: bool
+) -> SearchSettings:
+    """Fill the defaults, reduced ones when the cluster has no GPU."""
+    defaults: Defaults = FULL if have_gpu or args.full else REDUCED
+    pick = {
+        key: getattr(args, key) if getattr(args, key, None) is not None else value
+        for key, value in asdict(defaults).items()
+    }
+    if args.time_budget is not None and args.num_samples is None:
+        pick["num_samples"] = UNLIMITED_SAMPLES
+    max_epochs = pick["max_epochs"]
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if have_gpu else 0.0)
+    return SearchSettings(
+        space=args.space,
+        name=storage.name,
+        storage_path=storage.storage_path,
+        data=str(Path(args.data).resolve()) if args.data else None,
+        budget=args.budget,
+        seed=args.seed,
+        num_samples=pick["num_samples"],
+        max_epochs=max_epochs,
+        grace_period=min(pick["grace_period"], max_epochs),
+        reduction_factor=args.reduction_factor,
+        gpus_per_trial=gpus,
+        cpus_per_trial=args.cpus_per_trial,
+        retrain_epochs=args.retrain_epochs or max_epochs,
+        retrain_seeds=pick["retrain_seeds"],
+        subset=pick["subset"],
+        max_batch_size=defaults.max_batch_size,
+        predict=str(Path(args.predict).resolve()) if args.predict else None,
+        reduced="" if defaults is FULL else reduced_message(args),
+        time_budget_s=args.time_budget,
+    )
+
+
+def save_settings(settings: SearchSettings) -> None:
+    storage = settings.storage
+    write_json(storage.local_dir / SETTINGS_FILE, asdict(settings))
+    storage.push(SETTINGS_FILE)
