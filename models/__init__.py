@@ -8,6 +8,7 @@ from models.budget import (
     count_macs,
     count_params,
     fit_to_budget,
+    fit_to_target,
     scale_widths,
 )
 from models.registry import (
@@ -35,6 +36,7 @@ __all__ = [
     "count_params",
     "create_model",
     "fit_to_budget",
+    "fit_to_target",
     "get_arch",
     "list_models",
     "register_model",

@@ -5,9 +5,13 @@ no weights are initialised, and there is no formula to keep in sync with the mod
 A network over the budget is not rejected: `fit_to_budget` scales every channel width down
 by the largest factor that fits (channels stay multiples of 8, at least 8), and the scale
 it found, applied with `apply_width_scale`, rebuilds the same network without searching.
+`fit_to_target` scales a network's widths, up or down, to a given size instead.
 """
 
 from __future__ import annotations
+
+import math
+from functools import lru_cache
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -34,8 +38,10 @@ def _meta_model(arch: ArchConfig) -> ResNet:
         return ResNet(arch, init_weights=False)
 
 
+@lru_cache(maxsize=8192)
 def count_params(arch: ArchConfig) -> int:
-    """Trainable parameters of the network `arch` describes."""
+    """Trainable parameters of the network `arch` describes (memoized: fitting a network to
+    a size counts the same rounded widths again and again)."""
     return trainable_params(_meta_model(arch))
 
 
@@ -87,5 +93,32 @@ def fit_to_budget(arch: ArchConfig, budget: int) -> tuple[ArchConfig, int, float
             lo = mid
         else:
             hi = mid
+    fitted = scale_widths(arch, lo)
+    return fitted, count_params(fitted), lo
+
+
+def fit_to_target(arch: ArchConfig, target: int) -> tuple[ArchConfig, int, float]:
+    """(network, parameters, width scale): `arch` with its widths scaled by the largest factor
+    (found to a relative 1e-3) whose network has at most `target` parameters, so that the
+    count lands on the target up to the rounding of widths to multiples of 8. Scale 0 (the
+    narrowest network, 8 channels everywhere) when even that is over the target: the caller
+    decides whether that still fits its budget."""
+    narrowest = scale_widths(arch, 0.0)
+    if count_params(narrowest) >= target:
+        return narrowest, count_params(narrowest), 0.0
+
+    def fits(scale: float) -> bool:
+        return count_params(scale_widths(arch, scale)) <= target
+
+    # Parameters grow about as the square of the widths: bracket the scale around that guess.
+    guess = math.sqrt(target / count_params(arch))
+    lo, hi = guess / 2, guess * 2
+    while not fits(lo):  # ends: near 0 every width is 8, and the narrowest network fits
+        lo /= 2
+    while fits(hi):
+        hi *= 2
+    while hi / lo > 1 + SCALE_RESOLUTION:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     fitted = scale_widths(arch, lo)
     return fitted, count_params(fitted), lo

@@ -17,21 +17,35 @@ raw parameters, plus a `build` function that turns those parameters into the typ
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from models import ArchConfig, BudgetTooSmallError, count_params, scale_widths
-from models.budget import apply_width_scale, fit_to_budget
+from models.budget import apply_width_scale, fit_to_budget, fit_to_target
 from training.config import TrainConfig
 
 # Keys a search adds to every trial's config beside the sampled parameters.
-CONSTANT_KEYS = ("space", "budget", "params", "width_scale", "seed", "trial_number")
+CONSTANT_KEYS = (
+    "space",
+    "budget",
+    "params",
+    "target_params",
+    "width_scale",
+    "seed",
+    "trial_number",
+)
 
 
 def raw_params(config: dict[str, Any]) -> dict[str, Any]:
     """The sampled parameters of a trial's config, without the search's constants."""
     return {k: v for k, v in config.items() if k not in CONSTANT_KEYS}
+
+
+def derive_seed(base_seed: int, trial_number: int) -> int:
+    """A trial's seed: it depends on the search seed and the trial's number only."""
+    return zlib.crc32(f"{base_seed}:{trial_number}".encode()) & 0x7FFFFFFF
 
 
 def trial_configs(
@@ -59,14 +73,37 @@ class SearchSpace:
     fixed_trials: tuple[Params, ...] = ()  # a fixed set of trials instead of sampling
     # Known-good raw parameters the search tries first (then samples as usual).
     starting_points: tuple[Params, ...] = ()
+    # The raw parameter that sets a sample's size as a fraction of the budget; its widths are
+    # then solved to meet that size. None: `build` sets the widths, and a network over the
+    # budget is scaled down to fit it.
+    size_param: str | None = None
 
     def sample(self, trial: Suggester, budget: int) -> Params:
-        """Suggest one configuration and fit it to the budget; return the constants that
-        travel with it: its exact parameter count and the width scale that fits it."""
+        """Suggest one configuration and size it; return the constants that travel with it:
+        its exact parameter count, the size it was solved for and the width scale that gives
+        it. Raises BudgetTooSmallError if the shape is over the budget even at its narrowest
+        widths (`ask_fitting` asks for another)."""
         self.suggest(trial)
-        arch, _ = self.build(dict(trial.params))
-        _, params, scale = fit_to_budget(arch, budget)
-        return {"space": self.name, "budget": budget, "params": params, "width_scale": scale}
+        raw = dict(trial.params)
+        arch, _ = self.build(raw)
+        if self.size_param is None:
+            _, params, scale = fit_to_budget(arch, budget)
+            target = budget
+        else:
+            target = int(raw[self.size_param] * budget)
+            _, params, scale = fit_to_target(arch, target)
+            if params > budget:
+                raise BudgetTooSmallError(
+                    f"this shape has {params:,} parameters even at its narrowest widths, over "
+                    f"the budget of {budget:,}"
+                )
+        return {
+            "space": self.name,
+            "budget": budget,
+            "params": params,
+            "target_params": target,
+            "width_scale": scale,
+        }
 
     def configs(
         self, raw: Params, width_scale: float, max_epochs: int | None = None
@@ -74,16 +111,26 @@ class SearchSpace:
         """The network and training config a sample trains: `build`, then the width scale
         `sample` found, then the run's length (epoch-valued settings keep their share)."""
         arch, cfg = self.build(raw)
-        arch = apply_width_scale(arch, width_scale)
+        if self.size_param is None:
+            arch = apply_width_scale(arch, width_scale)
+        else:
+            arch = scale_widths(arch, width_scale)
         if max_epochs is not None:
             cfg = cfg.with_epochs(max_epochs)
         return arch, cfg
 
-    def smallest_params(self) -> int:
+    def lowest_params(self) -> Params:
+        """Every parameter at its lowest value or first choice: the space's smallest network,
+        as spaces list their cheapest choice first."""
         raw: Params = {}
         self.suggest(LowestTrial(raw))
-        arch, _ = self.build(raw)
-        return count_params(scale_widths(arch, 0.0))
+        return raw
+
+    def smallest_params(self) -> int:
+        """Parameters of the smallest network the space can produce: its lowest choices (or
+        its smallest fixed trial) at the narrowest widths."""
+        candidates = self.fixed_trials or (self.lowest_params(),)
+        return min(count_params(scale_widths(self.build(dict(raw))[0], 0.0)) for raw in candidates)
 
     def check_budget(self, budget: int) -> None:
         smallest = self.smallest_params()
@@ -112,3 +159,25 @@ class LowestTrial:
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         self.params[name] = choices[0]
         return choices[0]
+
+
+def ask_fitting(study: Any, space: SearchSpace, budget: int, tries: int = 20) -> tuple[Any, Params]:
+    """(Optuna trial, its constants): the next trial of `study` whose network fits `budget`.
+
+    A shape over the budget even at its narrowest widths (possible only for budgets near the
+    space's smallest network) is told to the study as failed, with the reason in its
+    `infeasible` user attribute, and another is asked for. After `tries` such shapes the
+    space's smallest configuration is asked for, which fits every budget `check_budget`
+    accepts: every trial that leaves here fits, and nothing is raised."""
+    from optuna.trial import TrialState
+
+    for _ in range(tries):
+        trial = study.ask()
+        try:
+            return trial, space.sample(trial, budget)
+        except BudgetTooSmallError as e:
+            trial.set_user_attr("infeasible", str(e))
+            study.tell(trial, state=TrialState.FAIL)
+    study.enqueue_trial(space.lowest_params())
+    trial = study.ask()
+    return trial, space.sample(trial, budget)

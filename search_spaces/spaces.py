@@ -5,21 +5,37 @@
 from __future__ import annotations
 
 from models import SEED_MODELS, ArchConfig, Registry, StageSpec, get_arch
-from models.budget import round_channels
 from search_spaces.base import Params, SearchSpace, Suggester
 from training.config import AugmentConfig, TrainConfig
 from training.recipes import get_recipe
 
 # --- efficient_resnet: the default space, around the seed reports' networks.
+#
+# A sample is a shape (stages, blocks, how much wider each stage is than the one before, the
+# stem relative to the first stage, block kind, SE, ...) and a size: its parameters as a
+# fraction of --budget. The widths follow from solving one scale that meets that size, so
+# the parameters Optuna sees are the network that trains, and no two different samples
+# train the same network except by the rounding of widths to multiples of 8.
+#
+# Size range, log-uniform over [0.1, 1]: the seed reports' networks sit at 0.91-0.99 of the
+# 5M budget, while CIFAR ResNets of a tenth of that still come within about two points
+# (He et al. 2016: ResNet-20, 0.27M parameters, 91.3%; ResNet-110, 1.7M, 93.6%) and train
+# several times faster, so that tenth is where a small network can still win at equal epochs;
+# log-uniform gives each halving of the size the same share of samples.
+SIZE_RANGE = (0.1, 1.0)
+REFERENCE_WIDTH = 64  # first-stage width of a shape before it is scaled to its size
 
 
 def _suggest_efficient(t: Suggester) -> None:
     stages = t.suggest_categorical("num_stages", [3, 4])
-    t.suggest_int("stem_channels", 16, 96, log=True)
+    t.suggest_float("size", *SIZE_RANGE, log=True)  # parameters / --budget
+    t.suggest_float("stem_ratio", 0.5, 1.5, log=True)  # stem width / first stage's width
     for i in range(stages):
         t.suggest_int(f"blocks_{i}", 1, 5)
-        t.suggest_int(f"channels_{i}", 16, 512, log=True)
-    t.suggest_categorical("block", ["basic", "preact"])
+        if i:  # width of stage i / width of stage i-1 (the seed reports use 1, 2 and 4)
+            t.suggest_float(f"growth_{i}", 1.0, 4.0, log=True)
+    # Pre-activation first: at the narrowest widths it is the smaller of the two.
+    t.suggest_categorical("block", ["preact", "basic"])
     t.suggest_categorical("activation", ["relu", "silu", "mish", "gelu", "elu"])
     if t.suggest_categorical("se", [False, True]):
         t.suggest_categorical("se_reduction", [16, 8, 4])
@@ -50,13 +66,16 @@ def _suggest_efficient(t: Suggester) -> None:
 
 
 def _build_efficient(p: Params) -> tuple[ArchConfig, TrainConfig]:
-    n = p["num_stages"]
+    """The shape at its reference widths; the search scales them to the sampled size."""
+    widths = [float(REFERENCE_WIDTH)]
+    for i in range(1, p["num_stages"]):
+        widths.append(widths[-1] * p[f"growth_{i}"])
     arch = ArchConfig(
         stages=tuple(
-            StageSpec(p[f"blocks_{i}"], round_channels(p[f"channels_{i}"]), 1 if i == 0 else 2)
-            for i in range(n)
+            StageSpec(p[f"blocks_{i}"], round(width), 1 if i == 0 else 2)
+            for i, width in enumerate(widths)
         ),
-        stem_channels=round_channels(p["stem_channels"]),
+        stem_channels=round(REFERENCE_WIDTH * p["stem_ratio"]),
         block=p["block"],
         activation=p["activation"],
         se=p["se"],
@@ -96,18 +115,18 @@ def _build_efficient(p: Params) -> tuple[ArchConfig, TrainConfig]:
 
 
 # The first trial of an efficient_resnet search: report 003's stage shape (4x64, 4x128,
-# 3x256, stem 64) trained with the project's `default` recipe (Nesterov SGD at batch 512,
+# 3x256, stem 64 at the default budget) trained with the project's `default` recipe (Nesterov SGD at batch 512,
 # warm-up + cosine, label smoothing 0.1, EMA, no mixing). The search judges it like any
 # other trial, so a search always has one configuration known to train well to beat.
 EFFICIENT_START: Params = {
     "num_stages": 3,
-    "stem_channels": 64,
+    "size": 0.94,  # report 003's 4.70M of the 5M budget
+    "stem_ratio": 1.0,
     "blocks_0": 4,
-    "channels_0": 64,
     "blocks_1": 4,
-    "channels_1": 128,
+    "growth_1": 2.0,
     "blocks_2": 3,
-    "channels_2": 256,
+    "growth_2": 2.0,
     "block": "basic",
     "activation": "relu",
     "se": False,
@@ -193,6 +212,7 @@ for _space in (
         _suggest_efficient,
         _build_efficient,
         starting_points=(EFFICIENT_START,),
+        size_param="size",
     ),
     SearchSpace(
         "seeds",

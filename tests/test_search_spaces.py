@@ -1,43 +1,116 @@
+import itertools
+from collections import defaultdict
+
 import optuna
 import pytest
 
-from models import BudgetTooSmallError, count_params, fit_to_budget
-from search_spaces import get_space, list_spaces
+from models import BudgetTooSmallError, count_params, scale_widths
+from search_spaces import SPACES, ask_fitting, get_space, list_spaces
+from search_spaces.base import LowestTrial
+from search_spaces.spaces import SIZE_RANGE
 from training.config import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _sample(space_name, budget, n, seed=0):
+def _samples(space_name: str, budget: int, n: int, seed: int = 0):
+    """(raw parameters, constants) of n samples, drawn as a search's random start draws them."""
     space = get_space(space_name)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed))
     out = []
     for _ in range(n):
-        trial = study.ask()
-        constants = space.sample(trial, budget)
+        trial, constants = ask_fitting(study, space, budget)
         study.tell(trial, 0.0)
         out.append((dict(trial.params), constants))
-    return space, out
+    return space, study, out
 
 
-@pytest.mark.parametrize("name", ["efficient_resnet", "tiny"])
-def test_every_sample_fits_the_budget_and_reports_its_exact_count(name):
-    budget = 5_000_000 if name == "efficient_resnet" else 8_000
-    space, samples = _sample(name, budget, 12)
-    scaled = 0
+@pytest.mark.parametrize("budget", [30_000, 1_000_000, 5_000_000])
+def test_every_sample_is_one_network_of_its_sampled_size(budget):
+    space, study, samples = _samples("efficient_resnet", budget, 100, seed=budget % 97)
+    networks = defaultdict(list)
     for raw, constants in samples:
-        # The network a trial trains is rebuilt from the constants, without a new fit.
+        # The network a trial trains is rebuilt from its constants, without a new search, and
+        # it is the network that was counted: what Optuna is told is what trains.
         arch, cfg = space.configs(raw, constants["width_scale"])
         assert count_params(arch) == constants["params"] <= budget
-        assert arch == fit_to_budget(space.build(raw)[0], budget)[0]
         assert isinstance(cfg, TrainConfig)
-        scaled += constants["width_scale"] < 1.0
-    if name == "tiny":
-        assert scaled > 0  # the small budget really bit, and those samples still ran
+        assert constants["target_params"] == int(raw["size"] * budget)
+        networks[arch].append(raw)
+    params = [c["params"] for _, c in samples]
+    if budget >= 1_000_000:  # at these budgets every shape reaches its size
+        for _, c in samples:
+            # At most the target; below it only by the rounding of widths to multiples of 8.
+            assert 0.7 * c["target_params"] <= c["params"] <= c["target_params"]
+        # Spread over the size range, not piled up at the budget.
+        low, high = SIZE_RANGE[0] * budget, SIZE_RANGE[1] * budget
+        assert min(params) < 1.5 * low and max(params) > 0.7 * high
+        assert sum(p < 0.3 * budget for p in params) >= 20
+    # Two different samples give the same network only through rounding: then they agree on
+    # every discrete choice and differ only in the continuous widths and size.
+    for raws in networks.values():
+        for a, b in itertools.combinations(raws, 2):
+            discrete = {k for k, v in a.items() if not isinstance(v, float)}
+            assert {k: a[k] for k in discrete} == {k: b.get(k) for k in discrete}
+
+
+@pytest.mark.parametrize("name", [n for n, s in SPACES.items() if not s.fixed_trials])
+def test_a_budget_just_above_the_smallest_network_still_gives_only_fitting_samples(name):
+    space = get_space(name)
+    budget = space.smallest_params() + 300  # far below most shapes' narrowest networks
+    _, study, samples = _samples(name, budget, 15, seed=1)
+    for raw, constants in samples:
+        arch, _ = space.configs(raw, constants["width_scale"])
+        assert count_params(arch) == constants["params"] <= budget
+    # The shapes that could not fit were told to Optuna as failed, with the reason.
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert all("narrowest" in t.user_attrs["infeasible"] for t in failed)
+
+
+class _Choices(LowestTrial):
+    """Records each categorical parameter's choices, answering with the first."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.choices: dict[str, list] = {}
+
+    def suggest_categorical(self, name, choices):
+        self.choices[name] = list(choices)
+        return super().suggest_categorical(name, choices)
+
+
+class _OneChanged(LowestTrial):
+    """The lowest value everywhere except one categorical parameter, set to `choice`."""
+
+    def __init__(self, key: str, choice) -> None:
+        super().__init__({})
+        self.key, self.choice = key, choice
+
+    def suggest_categorical(self, name, choices):
+        value = self.choice if name == self.key else choices[0]
+        self.params[name] = value
+        return value
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_no_single_choice_builds_a_network_smaller_than_the_smallest(name):
+    """Spaces list their cheapest choice first, so the budget pre-check is exact: changing any
+    one categorical choice of the lowest configuration never gives a smaller network."""
+    space = get_space(name)
+    smallest = space.smallest_params()
+    probe = _Choices()
+    space.suggest(probe)
+    assert probe.choices, "the space has no categorical parameter: the test checks nothing"
+    for key, choices in probe.choices.items():
+        for choice in choices[1:]:
+            trial = _OneChanged(key, choice)
+            space.suggest(trial)
+            arch, _ = space.build(trial.params)
+            assert count_params(scale_widths(arch, 0.0)) >= smallest, (key, choice)
 
 
 def test_configs_are_deterministic_and_set_the_run_length():
-    space, samples = _sample("efficient_resnet", 1_000_000, 3)
+    space, _, samples = _samples("efficient_resnet", 1_000_000, 3)
     raw, constants = samples[0]
     a = space.configs(raw, constants["width_scale"], max_epochs=7)
     b = space.configs(raw, constants["width_scale"], max_epochs=7)
@@ -46,11 +119,12 @@ def test_configs_are_deterministic_and_set_the_run_length():
 
 
 def test_dependent_parameters_follow_the_number_of_stages():
-    _, samples = _sample("efficient_resnet", 5_000_000, 20, seed=3)
+    _, _, samples = _samples("efficient_resnet", 5_000_000, 20, seed=3)
     for raw, _ in samples:
         n = raw["num_stages"]
-        assert {f"channels_{i}" for i in range(n)} <= raw.keys()
-        assert f"channels_{n}" not in raw
+        assert {f"blocks_{i}" for i in range(n)} <= raw.keys()
+        assert {f"growth_{i}" for i in range(1, n)} <= raw.keys() and "growth_0" not in raw
+        assert f"blocks_{n}" not in raw
         assert ("sgd_lr" in raw) == (raw["optimizer"] == "sgd")
 
 
@@ -60,6 +134,15 @@ def test_budget_below_the_smallest_model_is_refused():
     space.check_budget(smallest)
     with pytest.raises(BudgetTooSmallError, match=f"{smallest:,}"):
         space.check_budget(smallest - 1)
+
+
+def test_the_starting_point_is_report_003s_shape_at_the_default_budget():
+    space = get_space("efficient_resnet")
+    point = space.starting_points[0]
+    constants = space.sample(optuna.trial.FixedTrial(point), 5_000_000)
+    arch, cfg = space.configs(point, constants["width_scale"])
+    assert [(s.blocks, s.channels) for s in arch.stages] == [(4, 64), (4, 128), (3, 256)]
+    assert arch.stem_channels == 64 and cfg.weight_averaging == "ema"
 
 
 def test_seed_space_has_the_five_presets_as_fixed_trials():
