@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -14,7 +16,7 @@ import pytest
 from models import SEED_MODELS
 from search_spaces import SPACES, get_space
 from tests.conftest import write_python_batches
-from tests.searchrun import check_ok, read_table, search
+from tests.searchrun import SEARCH_TIMEOUT, check_ok, kill, read_table, search, start
 from tune.cli import parse_duration
 from tune.runner import trial_slots
 from tune.settings import SearchSettings
@@ -139,3 +141,39 @@ def test_seed_baselines_run_to_the_end_and_a_timed_search_is_compared_with_them(
     for preset in SEED_MODELS.values():
         assert f"`{preset}`" in report
     assert "Not at equal epochs" not in report
+
+
+def test_a_resumed_search_gets_only_what_is_left_of_its_time_budget(tmp_path: Path) -> None:
+    data = write_python_batches(tmp_path / "data", n_train=400, n_test=100)
+    storage, name, budget = tmp_path / "exp", "clock", 30
+    args = [
+        "--space", "tiny", "--data", str(data), "--subset", "100", "--max-epochs", "50",
+        "--time-budget", f"{budget}s", "--skip-retrain", "--cpus-per-trial", "2",
+        "--storage-path", str(storage), "--name", name,
+    ]  # fmt: skip
+    clock = storage / name / "search_clock.txt"
+
+    def elapsed() -> float:
+        try:
+            return json.loads(clock.read_text())["elapsed_s"]
+        except (OSError, ValueError):
+            return 0.0
+
+    marker = uuid.uuid4().hex
+    proc = start(args, tmp_path / "first", marker)
+    try:
+        deadline = time.monotonic() + SEARCH_TIMEOUT
+        while elapsed() < 12 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "first" / "stdout.txt").read_text()[-3000:]
+    finally:
+        kill(proc, marker)
+    before = elapsed()
+    assert 12 <= before < budget
+
+    run = search(args, tmp_path / "second")
+    check_ok(run)
+    best = json.loads((storage / name / "best_config.json").read_text())
+    # This run had what was left (about budget - before seconds), not a whole new budget.
+    assert best["search_seconds"] < budget - before + 10
+    assert budget <= elapsed() < budget + 20

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -101,6 +102,22 @@ def test_out_of_memory_fails_that_trial_alone_with_its_reason(faulty_search):
     assert row["status"] == "failed"
     assert "OutOfMemoryError" in row["error"] and "--gpus-per-trial" in row["error"]
     assert row["epochs_run"] == 1
+
+
+def test_the_study_records_failures_as_failed_and_the_restarted_trial_as_complete(
+    faulty_search,
+):
+    exp, table = faulty_search
+    study = optuna.load_study(study_name="faults", storage=f"sqlite:///{exp}/study.db")
+    states = {t.number: t.state.name for t in study.trials}
+    assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "FAIL", 4: "COMPLETE"}
+    reasons = {t.number: t.user_attrs.get("failure", "") for t in study.trials}
+    assert "NonFiniteLossError" in reasons[2] and "OutOfMemoryError" in reasons[3]
+    # The killed and restarted trial reported each epoch once, in order.
+    assert list(study.trials[1].intermediate_values) == [1, 2, 3]
+    assert list(table.sort_values("config/trial_number")["optuna_state"]) == [
+        states[n] for n in sorted(states)
+    ]
 
 
 # --- every file the project writes appears whole or not at all ------------------------------

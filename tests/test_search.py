@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -43,6 +44,7 @@ from tests.searchrun import (
     trial_dirs,
 )
 from training.checkpoint import load_checkpoint
+from tune.cli import REDUCED
 
 # --- fixtures -----------------------------------------------------------------------------
 
@@ -81,6 +83,8 @@ def test_full_search_writes_every_artifact(
             str(num_samples),
             "--max-epochs",
             str(max_epochs),
+            "--grace-period",
+            "1",
             "--subset",
             "300",
             "--retrain-seeds",
@@ -96,7 +100,8 @@ def test_full_search_writes_every_artifact(
     )
     check_ok(run)
     exp = storage / name
-    budget = 5_000_000  # the default
+    budget = REDUCED.budget  # the default without a GPU
+    assert f"--budget {budget:,}" in run.stdout and "pass --full" in run.stdout
 
     # trials.parquet: one row per trial, settings in the schema metadata.
     table = read_table(exp)
@@ -130,6 +135,22 @@ def test_full_search_writes_every_artifact(
     assert (table.loc[table["status"] == "completed", "epochs_run"] == max_epochs).all()
     assert table.loc[table["status"] == "stopped_early", "epochs_run"].isin([1, 2]).all()
     assert (table["params"] <= budget).all()
+
+    # The Optuna study, in the experiment, read back with Optuna itself: every epoch is an
+    # intermediate value, and each trial's state is what ASHA did to it.
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp}/study.db")
+    trials = {t.number: t for t in study.trials}
+    assert len(trials) == num_samples
+    expected_state = {"completed": "COMPLETE", "stopped_early": "PRUNED"}
+    for row in table.to_dict("records"):
+        trial = trials[row["config/trial_number"]]
+        assert trial.state.name == expected_state[row["status"]] == row["optuna_state"], row
+        history = read_results(Path(row["path"]))
+        assert trial.intermediate_values == {r["training_iteration"]: r["val_acc"] for r in history}
+        if row["status"] == "completed":
+            assert trial.value == pytest.approx(row["final_val_acc"])
+        assert trial.user_attrs["params"] == row["params"]
+        assert trial.params["lr"] == pytest.approx(row["config/lr"])
 
     # Each trial's TensorBoard logs: one value per epoch it ran, and its hyperparameters.
     for row in table.to_dict("records"):
@@ -283,6 +304,8 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
         str(num_samples),
         "--max-epochs",
         str(max_epochs),
+        "--grace-period",
+        "1",
         "--subset",
         "200",
         "--skip-retrain",
@@ -372,6 +395,17 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
         assert after.startswith(before), trial
         epochs = [r["training_iteration"] for r in read_results(exp / trial)]
         assert epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
+    # The resume continued the same Optuna study: one trial per Ray trial, none left running,
+    # and the ended trials' values are the ones they had before the kill.
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp}/study.db")
+    assert sorted(t.number for t in study.trials) == list(range(num_samples))
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    for trial, before in done_before.items():
+        number = json.loads(before.splitlines()[0])["config"]["trial_number"]
+        epochs = {
+            r["training_iteration"]: r["val_acc"] for r in map(json.loads, before.splitlines())
+        }
+        assert study.trials[number].intermediate_values == epochs, trial
     for row in table.to_dict("records"):
         # Every trial has one logged value per epoch it ran: none repeated, none missing.
         scalars, hp = tensorboard(Path(row["path"]))

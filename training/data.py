@@ -141,10 +141,15 @@ def subset_sizes(subset: int | None, val_size: int, test_size: int) -> SubsetSiz
 
 
 def make_splits(
-    data: CifarData, val_size: int, subset: int | None = None, seed: int = 0
+    data: CifarData,
+    val_size: int,
+    subset: int | None = None,
+    seed: int = 0,
+    subset_test: bool = True,
 ) -> DataSplits:
     """Carve the seeded, stratified validation split out of the training images; with
-    `subset`, keep a stratified subset of each split (see `subset_sizes`)."""
+    `subset`, keep a stratified subset of each split (see `subset_sizes`), or of the training
+    and validation splits only when `subset_test` is False."""
     sizes = subset_sizes(subset, val_size, len(data.test))
     train_set, val_set = split_train_val(
         data.train, val_size if sizes is None else sizes.val, seed=seed
@@ -152,7 +157,8 @@ def make_splits(
     test_set = data.test
     if sizes is not None:
         train_set = subset_stratified(train_set, min(sizes.train, len(train_set)), seed)
-        test_set = subset_stratified(test_set, sizes.test, seed)
+        if subset_test:
+            test_set = subset_stratified(test_set, sizes.test, seed)
     return DataSplits(train=train_set, val=val_set, test=test_set)
 
 

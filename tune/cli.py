@@ -20,6 +20,7 @@ class UsageError(ValueError):
 class Defaults:
     """What an option left unset becomes."""
 
+    budget: int  # trainable parameters per network
     num_samples: int  # trials
     max_epochs: int  # epochs of a trial that ASHA never stops
     grace_period: int  # ASHA: epochs before a trial may be stopped
@@ -29,15 +30,24 @@ class Defaults:
 
 
 FULL = Defaults(
-    num_samples=64, max_epochs=30, grace_period=4, retrain_seeds=3, subset=None, max_batch_size=None
+    budget=DEFAULT_BUDGET,
+    num_samples=64,
+    max_epochs=30,
+    grace_period=4,
+    retrain_seeds=3,
+    subset=None,
+    max_batch_size=None,
 )
-# What a search without a GPU does unless told otherwise: a few minutes on a laptop CPU.
+# What a search without a GPU does unless told otherwise: a few minutes on a 2-core CPU that
+# still learns (docs/results.md): networks of at most 60k parameters, 5,000 training images
+# and 6 epochs, rather than a few epochs of a full-size network that learn nothing.
 REDUCED = Defaults(
-    num_samples=4,
-    max_epochs=2,
-    grace_period=1,
+    budget=60_000,
+    num_samples=6,
+    max_epochs=6,
+    grace_period=2,
     retrain_seeds=1,
-    subset=500,
+    subset=5_000,
     # CPU training keeps every activation of a batch in host memory: batch 1024 through a
     # wide 32x32 stage took 19 GB and Ray's memory monitor killed the trial.
     max_batch_size=128,
@@ -93,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--space", default="efficient_resnet", help="search space (see --list-spaces)")
     a("--list-spaces", action="store_true", help="list the search spaces and exit")
     a("--data", help="CIFAR-10 folder or archive; omit to download with torchvision")
-    a("--budget", type=int, default=DEFAULT_BUDGET, help="max trainable parameters per model")
+    a("--budget", type=int, help=f"max trainable parameters per model ({_both('budget')})")
     a(
         "--num-samples",
         type=int,
@@ -135,6 +145,7 @@ def validate_args(args: argparse.Namespace) -> None:
             f"unknown search space {args.space!r}; valid spaces: {', '.join(list_spaces())}"
         )
     for flag in (
+        "budget",
         "num_samples",
         "max_epochs",
         "grace_period",
@@ -156,4 +167,5 @@ def validate_args(args: argparse.Namespace) -> None:
         )
     if args.predict is not None and not Path(args.predict).is_file():
         raise UsageError(f"--predict {args.predict} is not a file; pass an unlabeled pickle")
-    get_space(args.space).check_budget(args.budget)
+    # Without --budget the smaller default is checked: a GPU may not be there.
+    get_space(args.space).check_budget(args.budget or min(FULL.budget, REDUCED.budget))

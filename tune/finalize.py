@@ -28,9 +28,10 @@ from tune.results import (
 )
 from tune.settings import SearchSettings
 from tune.storage import is_uri
+from tune.study import close_study, param_importances
 
 logger = logging.getLogger(__name__)
-REPORT_FILES = ("report.md", "params_vs_acc.png", "curves.png", "rungs.png")
+REPORT_FILES = ("report.md", "params_vs_acc.png", "curves.png", "rungs.png", "importances.png")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class SearchOutcome:
     table: pd.DataFrame  # trials.parquet
     meta: dict[str, Any]  # the settings and code version, in the table's metadata
     best: dict[str, Any] | None  # best_config.json; None if every trial failed
+    importances: dict[str, float] | None = None  # None: the search had no Optuna study
 
 
 def collect_records(grid: Any) -> list[TrialRecord]:
@@ -76,12 +78,18 @@ def summarize_trials(
     exp = settings.storage.local_dir
     records = collect_records(grid)
     table = trials_table(records, settings.max_epochs)
+    study = close_study(settings.storage, settings.max_epochs)
+    importances = None
+    if study is not None and len(table):
+        states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+        table["optuna_state"] = table["config/trial_number"].map(states).fillna("")
+        importances = param_importances(study)
     meta = {**asdict(settings), "code_version": code_version()}
     write_parquet(exp / "trials.parquet", table, meta)
     ok = table[~table["status"].isin(["error", "failed"])].dropna(subset=["best_val_acc"])
     if not len(ok):
         settings.storage.push("trials.parquet")
-        return SearchOutcome(records, table, meta, None)
+        return SearchOutcome(records, table, meta, None, importances)
     best_row = ok.iloc[0]
     best_record = next(r for r in records if r.trial_id == best_row["trial_id"])
     arch, cfg = trial_configs(best_record.config, settings.retrain_epochs)
@@ -106,7 +114,7 @@ def summarize_trials(
     logger.info(
         f"best trial {best['trial_id']}: val {best['best_val_acc']:.2%}, {best['params']:,} params"
     )
-    return SearchOutcome(records, table, meta, best)
+    return SearchOutcome(records, table, meta, best, importances)
 
 
 def retrain_best(
@@ -128,9 +136,13 @@ def retrain_best(
     seeds = [settings.seed + i for i in range(settings.retrain_seeds)]
     train = concat_sets(splits.train, splits.val)
     train_ref, test_ref = ray.put(train), ray.put(splits.test)
+    threads = max(1, int(settings.cpus_per_trial))
+    if not use_gpu:
+        # On CPUs the seeds train alone after the trials: let them share every core.
+        threads = max(threads, int(ray.cluster_resources().get("CPU", 1) // len(seeds)))
     common = {
         "device": "cuda" if use_gpu else "cpu",
-        "threads": max(1, int(settings.cpus_per_trial)),
+        "threads": threads,
         "log_level": project_level(),
         "extra": {"search": settings.name, "trial_id": best["trial_id"]},
     }
@@ -225,6 +237,7 @@ def report(settings: SearchSettings, outcome: SearchOutcome, final: dict[str, An
         final,
         find_seed_baseline(settings) if outcome.best else None,
         outcome.meta,
+        outcome.importances,
     )
     settings.storage.push(*REPORT_FILES)
     return path

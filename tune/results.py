@@ -136,8 +136,31 @@ def rung_counts(table: pd.DataFrame, milestones: list[int]) -> list[tuple[int, i
     return [(m, int((epochs >= m).sum())) for m in milestones]
 
 
+def pareto_frontier(table: pd.DataFrame) -> pd.DataFrame:
+    """The trials no other trial beats on both counts (fewer or equal parameters and higher
+    or equal validation accuracy, one of them strictly), smallest first."""
+    ranked = table[~table["status"].isin(["error", "failed"])].dropna(subset=["best_val_acc"])
+    ranked = ranked.sort_values(["params", "best_val_acc"], ascending=[True, False])
+    keep, best = [], -1.0
+    for index, acc in ranked["best_val_acc"].items():
+        if acc > best:
+            keep.append(index)
+            best = acc
+    return ranked.loc[keep]
+
+
 def _plot_params_vs_acc(table: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    frontier = pareto_frontier(table)
+    if len(frontier):
+        ax.step(
+            frontier["params"] / 1e6,
+            frontier["best_val_acc"] * 100,
+            where="post",
+            color="0.4",
+            linewidth=1,
+            label="Pareto frontier",
+        )
     for status, marker in (
         ("completed", "o"),
         ("stopped_early", "x"),
@@ -168,7 +191,17 @@ def _plot_curves(histories: dict[str, pd.DataFrame], table: pd.DataFrame, path: 
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Learning curves of the five best trials")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if ax.lines:
+        ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _plot_importances(importances: dict[str, float], path: Path) -> None:
+    names = list(importances)[::-1]  # most important on top
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2))
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance for validation accuracy (PED-ANOVA, sums to 1)")
+    ax.set_title("Which parameters mattered, over the completed trials")
     _save(fig, path)
 
 
@@ -216,6 +249,7 @@ def write_report(
     final: dict[str, Any] | None,
     baseline: dict[str, Any] | None,
     settings: dict[str, Any],
+    importances: dict[str, float] | None = None,
 ) -> Path:
     """report.md with its plots beside it."""
     exp_dir = Path(exp_dir)
@@ -223,6 +257,8 @@ def write_report(
         _plot_params_vs_acc(table, exp_dir / "params_vs_acc.png")
         _plot_curves(histories, table, exp_dir / "curves.png")
     _plot_rungs(rungs, exp_dir / "rungs.png")
+    if importances:
+        _plot_importances(importances, exp_dir / "importances.png")
 
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     lines = [
@@ -237,7 +273,27 @@ def write_report(
         lines += [f"**Reduced run** (no GPU): {settings['reduced']}", ""]
     if len(table):
         lines += ["## Accuracy against size", "", "![](params_vs_acc.png)", ""]
+        frontier = pareto_frontier(table)[
+            ["trial_id", "status", "params", "stages", "best_val_acc", "epochs_run"]
+        ]
+        if len(frontier):
+            lines += [
+                "The Pareto frontier: no other trial is both smaller and more accurate.",
+                "",
+                _markdown_table(frontier),
+                "",
+            ]
         lines += ["## Learning curves", "", "![](curves.png)", ""]
+    if importances:
+        lines += ["## Which parameters mattered", "", "![](importances.png)", ""]
+    elif importances is not None:
+        lines += [
+            "## Which parameters mattered",
+            "",
+            "Too few completed trials with the same parameters to tell (Optuna's PED-ANOVA "
+            "needs several); run more trials.",
+            "",
+        ]
     lines += ["## ASHA rungs", "", "![](rungs.png)", ""]
     lines += ["| rung (epoch) | trials reaching it |", "|---|---|"]
     lines += [f"| {m} | {n} |" for m, n in rungs]
@@ -269,8 +325,14 @@ def write_report(
             lines.append(f"- the seeds' averaged predictions: {final['ensemble_test_acc']:.2%}")
         lines.append("")
     lines += ["## Files", ""]
+    lines += ["- `trials.parquet`: one row per trial (pandas.read_parquet)"]
+    if (exp_dir / "study.db").exists():
+        lines.append(
+            f"- `study.db`: the Optuna study (`optuna-dashboard sqlite:///{exp_dir}/study.db`, "
+            f"or `optuna.load_study(study_name={exp_dir.name!r}, "
+            f"storage='sqlite:///{exp_dir}/study.db')`)"
+        )
     lines += [
-        "- `trials.parquet`: one row per trial (pandas.read_parquet)",
         "- `best_config.json`: the chosen configuration",
         "- `final/`: retrained checkpoints, metrics.json, predictions.csv",
         f"- TensorBoard: `tensorboard --logdir {exp_dir}`",

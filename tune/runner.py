@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from search_spaces import get_space
+from search_spaces import derive_seed, get_space
 from training.data import DataSplits
 from tune.cli import UsageError
 from tune.ray_compat import bind_local_ray_to_loopback, refill_asha_rungs, restored_scheduler
@@ -88,8 +88,6 @@ def _fixed_trial_configs(settings: SearchSettings) -> list[dict[str, Any]]:
     """Each fixed trial of the space with the constants a sampled trial carries."""
     import optuna
 
-    from tune.trainable import derive_seed
-
     space = get_space(settings.space)
     configs = []
     for number, point in enumerate(space.fixed_trials):
@@ -106,14 +104,13 @@ def _fixed_trial_configs(settings: SearchSettings) -> list[dict[str, Any]]:
 
 
 def make_tuner(settings: SearchSettings, trainable: Any, slots: int, verbose: int) -> Any:
-    import optuna
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
 
-    from tune.trainable import SpaceSampler
+    from tune.searcher import StudySearcher
+    from tune.time_budget import TimeBudget
 
     space = get_space(settings.space)
     if space.fixed_trials:
@@ -131,17 +128,16 @@ def make_tuner(settings: SearchSettings, trainable: Any, slots: int, verbose: in
             grace_period=settings.grace_period,
             reduction_factor=settings.reduction_factor,
         )
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        search_alg = OptunaSearch(
-            space=SpaceSampler(settings.space, settings.budget, settings.seed),
-            metric="val_acc",
-            mode="max",
-            sampler=optuna.samplers.TPESampler(
-                seed=settings.seed, n_startup_trials=max(4, min(10, settings.num_samples // 4))
-            ),
-            # The space's known-good configurations are its first trials (Optuna's
-            # enqueue_trial); they are trained and judged like every other trial.
-            points_to_evaluate=[dict(point) for point in space.starting_points] or None,
+        # The study enqueues the space's known-good configurations as its first trials;
+        # they are trained and judged like every other trial.
+        search_alg = StudySearcher(
+            space=settings.space,
+            budget=settings.budget,
+            seed=settings.seed,
+            max_epochs=settings.max_epochs,
+            storage_path=settings.storage_path,
+            name=settings.name,
+            n_startup_trials=max(4, min(10, settings.num_samples // 4)),
         )
         param_space = {}
         num_samples = settings.num_samples
@@ -161,7 +157,6 @@ def make_tuner(settings: SearchSettings, trainable: Any, slots: int, verbose: in
             trial_dirname_creator=short_trial_dirname,
             # With a searcher Ray starts one trial at a time unless told how many fit.
             max_concurrent_trials=slots if slots > 0 else None,
-            time_budget_s=settings.time_budget_s,
         ),
         run_config=ray_tune.RunConfig(
             name=settings.name,
@@ -170,6 +165,10 @@ def make_tuner(settings: SearchSettings, trainable: Any, slots: int, verbose: in
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
             sync_config=ray_tune.SyncConfig(sync_artifacts=True),
             callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
+            # --time-budget, counted across resumes (Ray's own time_budget_s restarts).
+            stop=TimeBudget(settings.time_budget_s, settings.storage_path, settings.name)
+            if settings.time_budget_s
+            else None,
             verbose=verbose,
         ),
     )

@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if settings.reduced:
         logger.info("reduced run: %s", settings.reduced)
     save_settings(settings)
-    splits = make_splits(data, DEFAULT_VAL_SIZE, settings.subset, seed=settings.seed)
+    # --subset trims what the trials train and validate on; the test split stays whole.
+    splits = make_splits(
+        data, DEFAULT_VAL_SIZE, settings.subset, seed=settings.seed, subset_test=False
+    )
     count = "" if settings.unlimited else f"{settings.num_samples} "
     limit = f" for at most {settings.time_budget_s / 60:.1f} min" if settings.time_budget_s else ""
     logger.info(

@@ -13,9 +13,15 @@ from pathlib import Path
 from training.artifacts import write_json
 from tune.cli import FULL, REDUCED, UNLIMITED_SAMPLES, Defaults, UsageError
 from tune.storage import ExperimentStorage, is_uri
+from tune.study import STUDY_FILE
 
 logger = logging.getLogger(__name__)
 SETTINGS_FILE = "search_settings.json"
+# How long the search has run, across resumes (--time-budget): one line of JSON. Not named
+# .json: a restored Ray experiment copies the experiment's .json and .pkl files into its
+# staging folder and uploads them back while it runs, over the clock's newer versions
+# (ray/tune/execution/experiment_state.py, sync_down_experiment_state, Ray 2.60).
+CLOCK_FILE = "search_clock.txt"
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ def open_storage(args: argparse.Namespace) -> tuple[ExperimentStorage, SearchSet
     storage = ExperimentStorage(root, name)
     storage.check_writable()
     if storage.pull(SETTINGS_FILE):
+        storage.pull(STUDY_FILE)  # the Optuna study continues where it stopped
+        storage.pull(CLOCK_FILE)  # and so does the clock of --time-budget
         path = storage.local_dir / SETTINGS_FILE
         settings = SearchSettings.from_saved(json.loads(path.read_text()), str(path))
         logger.info("continuing experiment %s with its saved settings", storage.uri)
@@ -107,7 +115,7 @@ def open_storage(args: argparse.Namespace) -> tuple[ExperimentStorage, SearchSet
 def reduced_message(args: argparse.Namespace) -> str:
     """What a run without a GPU sets that the user left unset, and how to undo it."""
     chosen = [
-        f"{key.replace('_', '-')} {value}"
+        f"--{key.replace('_', '-')} {value:,}"
         for key, value in asdict(REDUCED).items()
         if key != "max_batch_size"
         and value is not None
@@ -115,10 +123,13 @@ def reduced_message(args: argparse.Namespace) -> str:
         and not (key == "num_samples" and args.time_budget is not None)
     ]
     return (
-        "no GPU found, so unset options take small values: "
+        "no GPU found, so the options left unset take small values: "
         + ", ".join(chosen)
-        + f", and batches of at most {REDUCED.max_batch_size} images (learning rate scaled with "
-        "them); pass --full for the full search, or set the options yourself"
+        + f"; batches hold at most {REDUCED.max_batch_size} images (the learning rate scaled "
+        f"with them). The full search ({FULL.num_samples} trials of up to "
+        f"{FULL.max_epochs} epochs of networks up to {FULL.budget:,} parameters on all the "
+        "training images) is made for GPUs: pass --full to run it anyway, or set the options "
+        "yourself"
     )
 
 
@@ -140,7 +151,7 @@ def resolve_settings(
         name=storage.name,
         storage_path=storage.storage_path,
         data=str(Path(args.data).resolve()) if args.data else None,
-        budget=args.budget,
+        budget=pick["budget"],
         seed=args.seed,
         num_samples=pick["num_samples"],
         max_epochs=max_epochs,

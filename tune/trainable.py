@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from ray import tune as ray_tune
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from search_spaces import get_space, raw_params, trial_configs
+from search_spaces import raw_params, trial_configs
 from training.artifacts import code_version
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import cap_batch_size
@@ -41,27 +40,6 @@ class TrialSettings:
     use_gpu: bool  # train on the GPU Ray assigned to the trial
     threads: int  # torch CPU threads (the trial's CPU share)
     log_level: int = logging.INFO  # the driver's logging level, for the worker's lines
-
-
-def derive_seed(base_seed: int, trial_number: int) -> int:
-    """A per-trial seed that depends on the search seed and the trial's number only."""
-    return zlib.crc32(f"{base_seed}:{trial_number}".encode()) & 0x7FFFFFFF
-
-
-class SpaceSampler:
-    """The define-by-run function handed to OptunaSearch (a picklable callable: Ray saves
-    the searcher, so it must be importable by reference, not a closure)."""
-
-    def __init__(self, space: str, budget: int, seed: int) -> None:
-        self.space, self.budget, self.seed = space, budget, seed
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        constants = get_space(self.space).sample(trial, self.budget)
-        return {
-            **constants,
-            "seed": derive_seed(self.seed, trial.number),
-            "trial_number": trial.number,
-        }
 
 
 def _hparam_value(value: Any) -> Any:
@@ -95,7 +73,12 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
     planned = faults.planned_faults(config.get("trial_number"))
     writer = SummaryWriter(tb_dir, purge_step=start_epoch + 1)
     hp = {k: _hparam_value(v) for k, v in raw_params(config).items()}
-    hp.update(params=params, seed=config["seed"], width_scale=config.get("width_scale", 1.0))
+    hp.update(
+        params=params,
+        target_params=config.get("target_params", params),
+        width_scale=config.get("width_scale", 1.0),
+        seed=config["seed"],
+    )
     experiment, start_info, end_info = hparams(hp, metric_dict={"hparam/val_acc": 0.0})
     writer.file_writer.add_summary(experiment)
     writer.file_writer.add_summary(start_info)

@@ -1,0 +1,47 @@
+"""The results table's Pareto frontier and the report's plots, on hand-made tables."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tests.searchrun import PNG_MAGIC
+from tune.results import pareto_frontier, write_report
+
+
+def _table(rows: list[tuple[str, str, int, float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"trial_id": t, "status": s, "params": p, "best_val_acc": a, "stages": "1x8",
+             "epochs_run": 2, "train_seconds": 1.0}
+            for t, s, p, a in rows
+        ]
+    )  # fmt: skip
+
+
+def test_the_frontier_keeps_only_trials_nothing_beats_on_both_counts():
+    table = _table(
+        [
+            ("small", "completed", 100, 0.50),
+            ("dominated", "completed", 200, 0.45),  # bigger and worse than "small"
+            ("mid", "stopped_early", 300, 0.60),
+            ("tie_bigger", "completed", 400, 0.60),  # as good as "mid", but bigger
+            ("big", "completed", 900, 0.70),
+            ("broken", "failed", 50, 0.99),  # failed trials are not candidates
+        ]
+    )
+    assert list(pareto_frontier(table)["trial_id"]) == ["small", "mid", "big"]
+
+
+def test_the_report_shows_the_frontier_and_the_importances(tmp_path):
+    table = _table([("a", "completed", 100, 0.5), ("b", "completed", 300, 0.7)])
+    importances = {"lr": 0.6, "batch_size": 0.3, "se": 0.1}
+    settings = {"name": "x", "space": "tiny", "budget": 1000, "max_epochs": 2, "seed": 0}
+    write_report(tmp_path, table, {}, [(1, 2), (2, 2)], None, None, None, settings, importances)
+    report = (tmp_path / "report.md").read_text()
+    assert "![](importances.png)" in report
+    assert (tmp_path / "importances.png").read_bytes()[:8] == PNG_MAGIC
+    frontier = report.split("The Pareto frontier")[1].split("## ")[0]
+    assert "| a | completed | 100 |" in frontier and "| b | completed | 300 |" in frontier
+
+    write_report(tmp_path / "few", table, {}, [], None, None, None, settings, {})
+    assert "Too few completed trials" in (tmp_path / "few" / "report.md").read_text()

@@ -1,0 +1,139 @@
+"""The Ray Tune searcher that drives the experiment's Optuna study (tune.study): it asks the
+study for configurations, sized to the budget, and tells it every epoch and every outcome."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from search_spaces import ask_fitting, derive_seed, get_space
+from tune.storage import ExperimentStorage
+from tune.study import METRIC, STUDY_FILE, open_study, running_trial, tell_outcome
+
+PUSH_INTERVAL_S = 60.0  # how often a study on cloud storage is copied there while it runs
+
+
+class StudySearcher(Searcher):
+    """Ray Tune searcher over the experiment's Optuna study (TPE, seeded).
+
+    Ray pickles the searcher when the experiment starts and saves its state at every
+    experiment checkpoint; the study itself is in study.db, so both hold only plain data:
+    the settings to reopen the study and which Ray trial is which Optuna trial (JSON)."""
+
+    def __init__(
+        self,
+        *,
+        space: str,
+        budget: int,
+        seed: int,
+        max_epochs: int,
+        storage_path: str,
+        name: str,
+        n_startup_trials: int,
+    ) -> None:
+        super().__init__(metric=METRIC, mode="max")
+        self.space, self.budget, self.seed, self.max_epochs = space, budget, seed, max_epochs
+        self.storage_path, self.name = storage_path, name
+        self.n_startup_trials = n_startup_trials
+        self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self._study: optuna.Study | None = None
+        self._live: dict[str, optuna.Trial] = {}  # Ray trial id -> its running Optuna trial
+        self._pushed = 0.0
+
+    # --- the study, opened lazily (also after Ray unpickles the searcher on resume)
+
+    @property
+    def storage(self) -> ExperimentStorage:
+        return ExperimentStorage(self.storage_path, self.name)
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = open_study(self.storage, self.seed, self.n_startup_trials)
+            if not self._study.trials:
+                for point in get_space(self.space).starting_points:
+                    self._study.enqueue_trial(dict(point))
+        return self._study
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_study"], state["_live"] = None, {}
+        return state
+
+    # --- Ray's Searcher interface
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        return (metric in (None, METRIC)) and (mode in (None, "max"))
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        trial, constants = ask_fitting(self.study, get_space(self.space), self.budget)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        for key, value in constants.items():
+            trial.set_user_attr(key, value)
+        self._numbers[trial_id] = trial.number
+        self._live[trial_id] = trial
+        return {
+            **trial.params,
+            **constants,
+            "seed": derive_seed(self.seed, trial.number),
+            "trial_number": trial.number,
+        }
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        trial = self._trial(trial_id)
+        if trial is None or result.get("failure") or METRIC not in result:
+            return
+        with warnings.catch_warnings():  # a step reported again (the final result) is ignored
+            warnings.simplefilter("ignore")
+            trial.report(float(result[METRIC]), int(result.get("training_iteration", 0)))
+        self._push_now_and_then()
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        number = self._numbers.get(trial_id)
+        if number is None:
+            return
+        if result and not error and not result.get("failure") and METRIC in result:
+            self.on_trial_result(trial_id, result)
+        tell_outcome(self.study, number, result, error, self.max_epochs)
+        self._live.pop(trial_id, None)
+        self._push_now_and_then()
+
+    def save(self, checkpoint_path: str) -> None:
+        """Which Ray trial is which Optuna trial, as JSON (Ray names the file .pkl)."""
+        Path(checkpoint_path).write_text(json.dumps({"numbers": self._numbers}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        saved = json.loads(Path(checkpoint_path).read_text())
+        self._numbers = {trial_id: int(n) for trial_id, n in saved["numbers"].items()}
+        self._live = {}
+
+    # --- helpers
+
+    def _trial(self, trial_id: str) -> optuna.Trial | None:
+        """The running Optuna trial of a Ray trial, reopened after a resume."""
+        if trial_id in self._live:
+            return self._live[trial_id]
+        number = self._numbers.get(trial_id)
+        if number is None:
+            return None
+        if self.study.trials[number].state != TrialState.RUNNING:
+            return None
+        self._live[trial_id] = running_trial(self.study, number)
+        return self._live[trial_id]
+
+    def _push_now_and_then(self) -> None:
+        """On cloud storage, copy the study there at most once a PUSH_INTERVAL_S."""
+        if time.monotonic() - self._pushed >= PUSH_INTERVAL_S:
+            self.storage.push(STUDY_FILE)
+            self._pushed = time.monotonic()

@@ -1,0 +1,104 @@
+"""The search's Optuna study, in Optuna's own storage, driven by Ray Tune.
+
+The study lives in the experiment folder as `study.db` (SQLite through Optuna's RDB
+storage; the driver is its only writer), so `optuna-dashboard sqlite:///EXPERIMENT/study.db`
+shows the search live and afterwards, `optuna.load_study(study_name=NAME,
+storage="sqlite:///EXPERIMENT/study.db")` reads it from Python, and a resume continues it.
+
+What a trial's outcome is, as Optuna understands it (`tell_outcome`): every epoch's
+validation accuracy is an intermediate value, a trial that ASHA stopped is PRUNED, one that
+ran to the end is COMPLETE with its final value, and one that failed is FAIL. The Ray Tune
+searcher that drives the study is `tune.searcher.StudySearcher`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tune.storage import ExperimentStorage
+
+STUDY_FILE = "study.db"
+METRIC = "val_acc"  # maximized
+
+
+def study_url(storage: ExperimentStorage) -> str:
+    return f"sqlite:///{storage.local_dir / STUDY_FILE}"
+
+
+def running_trial(study: optuna.Study, number: int) -> optuna.Trial:
+    """The live Trial object of a RUNNING trial, by number (after a resume the asking process
+    is gone; Optuna builds these objects the same way in `Study.ask`)."""
+    return optuna.Trial(study, study.trials[number]._trial_id)
+
+
+def open_study(storage: ExperimentStorage, seed: int, n_startup_trials: int) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        study_name=storage.name,
+        storage=study_url(storage),
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
+        load_if_exists=True,
+    )
+
+
+def tell_outcome(
+    study: optuna.Study,
+    number: int,
+    result: dict[str, Any] | None,
+    error: bool,
+    max_epochs: int,
+) -> None:
+    """Tell the study how a trial ended: COMPLETE with its final value if it trained every
+    epoch, PRUNED if it was stopped before (by ASHA, or by the time budget after at least one
+    epoch), FAIL if it raised, reported a failure (NaN, out of memory) or never ran."""
+    if study.trials[number].state != TrialState.RUNNING:
+        return
+    trained = bool(result) and METRIC in result and not result.get("failure")
+    if error or not trained:
+        reason = (result or {}).get("failure") or ("raised an error" if error else "never ran")
+        running_trial(study, number).set_user_attr("failure", str(reason))
+        study.tell(number, state=TrialState.FAIL)
+    elif int(result.get("training_iteration", 0)) >= max_epochs:
+        study.tell(number, float(result[METRIC]))
+    else:
+        study.tell(number, state=TrialState.PRUNED)
+
+
+def close_study(storage: ExperimentStorage, max_epochs: int) -> optuna.Study | None:
+    """After the search: trials still RUNNING in the study (the time budget ended them, or
+    Ray ended them without telling the searcher) become PRUNED if they reported an epoch,
+    else FAIL; then the study is copied to cloud storage. None if there is no study."""
+    if not (storage.local_dir / STUDY_FILE).exists():
+        return None
+    study = optuna.load_study(study_name=storage.name, storage=study_url(storage))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.intermediate_values:
+            study.tell(trial.number, state=TrialState.PRUNED)
+        else:
+            running_trial(study, trial.number).set_user_attr(
+                "failure", "never ran: the search ended first"
+            )
+            study.tell(trial.number, state=TrialState.FAIL)
+    storage.push(STUDY_FILE)
+    return study
+
+
+def param_importances(study: optuna.Study) -> dict[str, float]:
+    """How much each parameter mattered to the validation accuracy of the completed trials
+    (Optuna's PED-ANOVA, which needs no extra packages), most important first; empty when
+    there are too few completed trials to tell."""
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 3:
+        return {}
+    try:
+        with warnings.catch_warnings():  # experimental-API and few-trials warnings
+            warnings.simplefilter("ignore")
+            return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+    except (ValueError, RuntimeError):  # e.g. no parameter common to the completed trials
+        return {}

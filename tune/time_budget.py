@@ -1,0 +1,71 @@
+"""The search's --time-budget, kept across resumes.
+
+Ray Tune's own `time_budget_s` starts again from zero when an experiment is restored, so a
+search interrupted after 40 of its 45 minutes would run 45 more. `TimeBudget` is a Ray
+stopper that counts the search's running time into `search_clock.txt` in the experiment
+(one line of JSON) and, resumed, continues from what the clock says: once the total reaches the
+budget, no trial starts and running trials stop, and the search goes on to its retrain.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune.stopper import Stopper
+
+from training.artifacts import write_json
+from tune.settings import CLOCK_FILE
+from tune.storage import ExperimentStorage
+
+WRITE_INTERVAL_S = 5.0  # how often the clock file is rewritten while the search runs
+
+
+def elapsed_before(storage: ExperimentStorage) -> float:
+    """Seconds the search ran before this run (0 for a new experiment)."""
+    path = storage.local_dir / CLOCK_FILE
+    if not path.exists():
+        return 0.0
+    return float(json.loads(path.read_text())["elapsed_s"])
+
+
+class TimeBudget(Stopper):
+    def __init__(self, budget_s: float, storage_path: str, name: str) -> None:
+        self.budget_s = budget_s
+        self.storage_path, self.name = storage_path, name
+        self._start_clock()
+
+    def _start_clock(self) -> None:
+        self._before = elapsed_before(ExperimentStorage(self.storage_path, self.name))
+        self._started = time.monotonic()
+        self._written = 0.0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled by Tuner.restore: this run's clock starts now, from the saved total.
+        self.__dict__.update(state)
+        self._start_clock()
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._before + time.monotonic() - self._started
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False  # the budget is the experiment's, not a trial's
+
+    def stop_all(self) -> bool:
+        spent = self.elapsed_s >= self.budget_s
+        if spent or time.monotonic() - self._written >= WRITE_INTERVAL_S:
+            self.save_clock()
+        return spent
+
+    def save_clock(self) -> Path:
+        storage = ExperimentStorage(self.storage_path, self.name)
+        path = write_json(
+            storage.local_dir / CLOCK_FILE,
+            {"elapsed_s": self.elapsed_s, "budget_s": self.budget_s},
+        )
+        storage.push(CLOCK_FILE)
+        self._written = time.monotonic()
+        return path
