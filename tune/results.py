@@ -197,11 +197,12 @@ def _plot_curves(histories: dict[str, pd.DataFrame], table: pd.DataFrame, path: 
 
 
 def _plot_importances(importances: dict[str, float], path: Path) -> None:
-    names = list(importances)[::-1]  # most important on top
+    top = sorted(importances, key=importances.get, reverse=True)[:15]
+    names = top[::-1]  # most important on top
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance for validation accuracy (PED-ANOVA, sums to 1)")
-    ax.set_title("Which parameters mattered, over the completed trials")
+    ax.set_xlabel("importance for validation accuracy (PED-ANOVA, all parameters sum to 1)")
+    ax.set_title(f"The {len(names)} parameters that mattered most, over the completed trials")
     _save(fig, path)
 
 
@@ -290,8 +291,8 @@ def write_report(
         lines += [
             "## Which parameters mattered",
             "",
-            "Too few completed trials with the same parameters to tell (Optuna's PED-ANOVA "
-            "needs several); run more trials.",
+            "Too few completed trials to tell (fewer than 5, or no parameter common to them); "
+            "run more trials.",
             "",
         ]
     lines += ["## ASHA rungs", "", "![](rungs.png)", ""]
@@ -353,9 +354,10 @@ def gpu_minutes(best: dict[str, Any] | None, final: dict[str, Any] | None) -> fl
 def _test_text(final: dict[str, Any] | None) -> str:
     if not final:
         return "not retrained"
+    n = len(final["test_acc"])
     return (
         f"{final['test_acc_mean']:.2%} ± {final['test_acc_std']:.2%} "
-        f"({len(final['test_acc'])} seeds)"
+        f"({n} seed{'' if n == 1 else 's'})"
     )
 
 

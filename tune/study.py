@@ -88,13 +88,17 @@ def close_study(storage: ExperimentStorage, max_epochs: int) -> optuna.Study | N
     return study
 
 
+MIN_TRIALS_FOR_IMPORTANCES = 5  # fewer completed trials than this say nothing reliable
+
+
 def param_importances(study: optuna.Study) -> dict[str, float]:
     """How much each parameter mattered to the validation accuracy of the completed trials
     (Optuna's PED-ANOVA, which needs no extra packages), most important first; empty when
     there are too few completed trials to tell."""
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 3:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCES:
         return {}
     try:
         with warnings.catch_warnings():  # experimental-API and few-trials warnings
