@@ -1,3 +1,4 @@
+import optuna
 import pytest
 
 from tune.storage import ExperimentStorage, StorageError
@@ -66,8 +67,11 @@ def test_search_with_a_uri_storage_path_lands_everything_there_and_resumes(tmp_p
     check_ok(run)
     exp = bucket / "remote"
     for name in ("search_settings.json", "trials.parquet", "best_config.json", "report.md",
-                 "rungs.png", "final/metrics.json", "final/seed_0/checkpoint.pt"):  # fmt: skip
+                 "rungs.png", "final/metrics.json", "final/seed_0/checkpoint.pt",
+                 "study.db"):  # fmt: skip
         assert (exp / name).is_file(), name
+    study = optuna.load_study(study_name="remote", storage=f"sqlite:///{exp}/study.db")
+    assert sorted(t.number for t in study.trials) == [0, 1]
     assert len(read_table(exp)) == 2
     assert all((d / "tensorboard").is_dir() for d in exp.glob("trial_*"))
     assert (cache / "staging" / "remote" / "trials.parquet").is_file()  # written there first
@@ -78,3 +82,7 @@ def test_search_with_a_uri_storage_path_lands_everything_there_and_resumes(tmp_p
     check_ok(run)
     assert "continuing experiment" in run.stdout and "already finished, kept" in run.stdout
     assert len(read_table(exp)) == 2
+    # The study came down with the settings and went back up: still the same two trials.
+    assert (tmp_path / "cache2" / "staging" / "remote" / "study.db").is_file()
+    study = optuna.load_study(study_name="remote", storage=f"sqlite:///{exp}/study.db")
+    assert sorted(t.number for t in study.trials) == [0, 1]

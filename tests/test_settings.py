@@ -1,0 +1,68 @@
+"""What the command line and the defaults make of a search, before any Ray or data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from training.data import CifarData, make_splits
+from tune.cli import FULL, REDUCED, UsageError, build_parser
+from tune.settings import SearchSettings, open_storage, resolve_settings
+from tune.storage import ExperimentStorage
+
+from .conftest import separable_set
+
+
+def _resolve(argv: list[str], have_gpu: bool, tmp_path) -> SearchSettings:
+    args = build_parser().parse_args([*argv, "--storage-path", str(tmp_path)])
+    return resolve_settings(args, ExperimentStorage(str(tmp_path), "x"), have_gpu)
+
+
+def test_without_a_gpu_unset_options_take_the_reduced_values_and_the_message_says_so(tmp_path):
+    settings = _resolve([], have_gpu=False, tmp_path=tmp_path)
+    for key, value in asdict(REDUCED).items():
+        assert getattr(settings, key) == value, key
+    for key in ("budget", "num_samples", "max_epochs", "subset"):
+        value = getattr(REDUCED, key)
+        assert f"--{key.replace('_', '-')} {value:,}" in settings.reduced
+    assert "pass --full" in settings.reduced
+    # A value the user set is theirs, and not listed as reduced.
+    mine = _resolve(["--budget", "90000", "--max-epochs", "3"], have_gpu=False, tmp_path=tmp_path)
+    assert mine.budget == 90_000 and mine.max_epochs == 3
+    assert "--budget" not in mine.reduced and "--max-epochs" not in mine.reduced
+
+
+@pytest.mark.parametrize("argv", [["--full"], []])
+def test_with_a_gpu_or_full_the_full_defaults_apply(argv, tmp_path):
+    settings = _resolve(argv, have_gpu=not argv, tmp_path=tmp_path)
+    assert settings.reduced == ""
+    for key, value in asdict(FULL).items():
+        assert getattr(settings, key) == value, key
+
+
+def test_a_time_budget_without_num_samples_leaves_the_count_to_the_clock(tmp_path):
+    settings = _resolve(["--time-budget", "10m"], have_gpu=True, tmp_path=tmp_path)
+    assert settings.time_budget_s == 600 and settings.unlimited
+    assert not _resolve(["--time-budget", "10m", "--num-samples", "8"], True, tmp_path).unlimited
+
+
+def test_a_subset_of_the_search_keeps_the_whole_test_split():
+    data = CifarData(train=separable_set(400), test=separable_set(300, seed=1), source="x")
+    splits = make_splits(data, 100, subset=80, seed=0, subset_test=False)
+    assert len(splits.train) == 80 and len(splits.val) == 20 and len(splits.test) == 300
+    assert len(make_splits(data, 100, subset=80, seed=0).test) == 80  # training.train's way
+
+
+def test_settings_from_another_version_are_refused_with_a_clear_error(tmp_path):
+    exp = tmp_path / "old"
+    exp.mkdir()
+    saved = {"space": "tiny", "name": "old", "retired_option": 3}
+    (exp / "search_settings.json").write_text(json.dumps(saved))
+    args = build_parser().parse_args(["--name", "old", "--storage-path", str(tmp_path)])
+    with pytest.raises(UsageError) as err:
+        open_storage(args)
+    message = str(err.value)
+    assert "search_settings.json" in message and "retired_option" in message
+    assert "another --name" in message
