@@ -7,6 +7,8 @@ import pickle
 import re
 import struct
 import tarfile
+import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -226,12 +228,18 @@ def test_load_images_on_a_dataset_gives_its_test_split(tmp_path: Path, cifar: di
 
 
 def test_load_pickle_keeps_bytes_keys(tmp_path: Path) -> None:
-    obj = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"names": [b"a", "b"], b"n": {1}}
+    obj = {
+        b"data": np.arange(6, dtype=np.uint8).reshape(2, 3),
+        b"names": [b"a", "b"],
+        b"ids": np.arange(2, dtype=np.int64),
+        b"n": (1, 2.5),
+    }
     for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
         loaded = load_pickle(dump(tmp_path / f"p{protocol}", obj, protocol))
         assert loaded.keys() == obj.keys()
         assert np.array_equal(loaded[b"data"], obj[b"data"])
-        assert loaded[b"names"] == [b"a", "b"] and loaded[b"n"] == {1}
+        assert np.array_equal(loaded[b"ids"], obj[b"ids"])
+        assert loaded[b"names"] == [b"a", "b"] and loaded[b"n"] == (1, 2.5)
 
 
 def test_image_set_subset_and_to() -> None:
@@ -489,3 +497,67 @@ def test_pil_decoder_when_torchvision_has_none(tmp_path: Path, cifar: dict, monk
     (folder / "test" / "cat" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match=r"test/cat/broken\.png.*could not decode"):
         load_cifar10(folder)
+
+
+# --- files that try to exhaust memory or time -------------------------------------------------
+
+
+def _nested_shared(depth: int) -> list:
+    """[[x, x], [x, x]]... with every level the same two references: a few bytes per level
+    pickled, 2**depth elements for anything that walks it."""
+    inner: list = [0]
+    for _ in range(depth):
+        inner = [inner, inner]
+    return inner
+
+
+N_HUGE = 1_000_000  # images a crafted file claims (3 GB of pixels)
+BOMBS = {
+    # 43 bytes calling list(bytes(50_000_000)): ~400 MB if the constructors were allowed
+    "list-of-bytes": b"\x80\x02cbuiltins\nlist\ncbuiltins\nbytes\nJ"
+    + struct.pack("<i", 50_000_000)
+    + b"\x85R\x85R.",
+    # numpy.ndarray((N, 3072), uint8) called directly: allocates whatever it is asked
+    "ndarray-call": b"\x80\x02cnumpy\nndarray\nJ"
+    + struct.pack("<i", N_HUGE)
+    + b"M\x00\x0c\x86cnumpy\ndtype\nX\x02\x00\x00\x00u1\x85R\x86R.",
+    # numpy's own reconstruction, claiming a huge shape for three bytes of data
+    "short-data": b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b"
+    b"\x87R(K\x01J" + struct.pack("<i", N_HUGE) + b"M\x00\x0c\x86cnumpy\ndtype\nX\x02\x00\x00\x00u1"
+    b"K\x00K\x01\x87R(K\x03X\x01\x00\x00\x00|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89C\x03"
+    b"abctb.",
+    # an object array, which could hold anything the file builds
+    "object-dtype": b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00O8\x85R.",
+    # b'data' and b'ids' as nested lists sharing references: np.asarray would take days
+    "nested-data": pickle.dumps({b"data": _nested_shared(40), b"ids": [1]}, protocol=4),
+    "nested-ids": pickle.dumps(
+        {b"data": np.zeros((2, 3072), np.uint8), b"ids": [_nested_shared(40), 1]}, protocol=4
+    ),
+}
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+def test_a_file_cannot_make_the_loader_allocate_or_compute_much_more_than_itself(
+    tmp_path: Path, bomb: str
+) -> None:
+    path = tmp_path / f"{bomb}.pkl"
+    path.write_bytes(BOMBS[bomb])
+    assert path.stat().st_size < 10_000
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(DataError) as error:
+            load_images(path)
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"{bomb}.pkl" in str(error.value)  # the message names the file
+    assert seconds < 1.0, f"refusing took {seconds:.2f} s"
+    assert peak < 20 * 2**20, f"refusing allocated {peak / 2**20:.0f} MiB"
+
+
+def test_an_unlabeled_file_without_images_is_refused_clearly(tmp_path: Path) -> None:
+    path = dump(tmp_path / "empty.pkl", {b"data": np.zeros((0, 3072), np.uint8), b"ids": []})
+    with pytest.raises(DataError, match=r"empty\.pkl.*holds no images"):
+        load_images(path)

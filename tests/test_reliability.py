@@ -229,7 +229,7 @@ def test_bad_data_stops_a_search_before_ray_starts(tmp_path, bad_datasets, case,
                           "--name", "x"])  # fmt: skip
     assert rc == 2
     assert names in capsys.readouterr().err
-    assert not (storage / "x" / "search_settings.json").exists()
+    assert not storage.exists()  # nothing left behind, not even an empty experiment folder
 
 
 def test_repeated_ids_in_a_file_to_predict(tmp_path, capsys):
@@ -255,6 +255,7 @@ def test_unwritable_output_folders(tmp_path, capsys):
     rc = search_cli.main(["--space", "tiny", "--data", str(data), "--storage-path",
                           str(blocker / "exp")])  # fmt: skip
     assert rc == 2 and "a_file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "d"]  # nothing new
 
 
 def test_unreachable_cloud_storage_stops_the_search_before_ray(tmp_path, capsys, monkeypatch):
@@ -265,6 +266,7 @@ def test_unreachable_cloud_storage_stops_the_search_before_ray(tmp_path, capsys,
     rc = search_cli.main(["--space", "tiny", "--data", str(data), "--storage-path", uri])
     err = capsys.readouterr().err
     assert rc == 2 and "no-such-bucket" in err and "--storage-path" in err
+    assert not (tmp_path / "cache").exists()  # no staging folder left behind either
 
 
 def test_more_gpus_per_trial_than_the_cluster_has(tmp_path):
@@ -273,6 +275,7 @@ def test_more_gpus_per_trial_than_the_cluster_has(tmp_path):
                   "--storage-path", str(tmp_path / "exp"), "--name", "x"], tmp_path / "run", 120)  # fmt: skip
     assert run.returncode == 2
     assert "--gpus-per-trial 1" in run.stderr and "--gpus-per-trial 0 or less" in run.stderr
+    assert not (tmp_path / "exp").exists()
 
 
 # --- security -----------------------------------------------------------------------------

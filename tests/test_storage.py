@@ -8,7 +8,8 @@ def test_local_storage_is_the_experiment_folder(tmp_path):
     storage = ExperimentStorage(str(tmp_path), "exp")
     assert storage.local_dir == tmp_path / "exp" and storage.uri == str(tmp_path / "exp")
     storage.check_writable()
-    assert (tmp_path / "exp").is_dir() and not list((tmp_path / "exp").iterdir())
+    # The probe leaves nothing: the experiment folder appears with the experiment's files.
+    assert not (tmp_path / "exp").exists() and not list(tmp_path.iterdir())
 
 
 def test_uri_storage_stages_locally_and_copies_both_ways(tmp_path, monkeypatch):

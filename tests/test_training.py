@@ -1,5 +1,8 @@
 import json
 import pickle
+import time
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,11 +14,11 @@ from models import ResNet, get_arch
 from training import predict as predict_cli
 from training import train as train_cli
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.data import DataSplits
+from training.data import DataSplits, load_images
 from training.loop import NonFiniteLossError, train, update_ema
 from training.recipes import get_recipe, list_recipes
 
-from .conftest import separable_images, separable_set
+from .conftest import separable_images, separable_set, write_python_batches
 
 TINY = get_arch("tiny_resnet")
 
@@ -177,6 +180,40 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    ("stages", "expected"),
+    [
+        ([{"blocks": 1, "channels": 200_000, "stride": 1}], "parameters, more than"),
+        ([{"blocks": 100_000, "channels": 8, "stride": 1}], "residual blocks, more than"),
+        ([{"blocks": 1, "channels": -5, "stride": 1}], "not valid"),
+    ],
+)
+def test_a_checkpoint_claiming_a_huge_network_is_refused_before_it_is_built(
+    tmp_path, capsys, stages, expected
+):
+    """A few-kilobyte checkpoint whose architecture would need terabytes: refused in about a
+    second, with nothing large allocated."""
+    arch = {**TINY.to_dict(), "stages": stages}
+    path = tmp_path / "huge.pt"
+    torch.save({"arch": arch, "model": {}, "train_config": quick_cfg().to_dict()}, path)
+    unlabeled = tmp_path / "u.pkl"
+    _write_unlabeled(unlabeled, 4, hwc=True)
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        rc = predict_cli.main(
+            ["--checkpoint", str(path), "--input", str(unlabeled), "--out", str(tmp_path / "p.csv")]
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rc == 2 and time.perf_counter() - started < 5
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB"
+    err = capsys.readouterr().err
+    assert "huge.pt" in err and expected in err
+    assert not (tmp_path / "p.csv").exists()
+
+
 def _write_unlabeled(path, n, hwc):
     images, _ = separable_images(n, seed=3)
     data = images.transpose(0, 2, 3, 1) if hwc else images.reshape(n, -1)
@@ -301,14 +338,79 @@ def test_cli_resume_finishes_the_run(tmp_path, cifar_batches):
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
 
 
+def test_a_run_interrupted_midway_resumes_on_its_own_split_exactly(
+    tmp_path, cifar_batches, monkeypatch
+):
+    """Interrupted after epoch 1 of 3 and resumed through the real checkpoint file with no
+    --seed or --subset: the run continues on the split it started with and ends with the
+    same weights and metrics as the same run uninterrupted."""
+    from training import run as training_run
+
+    common = ["--model", "tiny_resnet", "--recipe", "smoke", "--data", str(cifar_batches),
+              "--device", "cpu", "--batch-size", "16", "--epochs", "3"]  # fmt: skip
+    split = ["--seed", "3", "--subset", "120"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert train_cli.main([*common, *split, "--out", str(straight)]) == 0
+
+    real_log = training_run.log_epoch
+
+    def stop_after_first_epoch(metrics, total, started):
+        real_log(metrics, total, started)
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_run, "log_epoch", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_cli.main([*common, *split, "--out", str(broken)])
+    assert load_checkpoint(broken / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(training_run, "log_epoch", real_log)
+    torch.manual_seed(99)  # disturb the global RNG: the resume restores its own
+    assert train_cli.main([*common, "--out", str(broken), "--resume"]) == 0
+
+    a = load_checkpoint(straight / "checkpoint.pt")
+    b = load_checkpoint(broken / "checkpoint.pt")
+    assert b["split"]["seed"] == 3 and b["split"]["subset"] == 120
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    ma = json.loads((straight / "metrics.json").read_text())
+    mb = json.loads((broken / "metrics.json").read_text())
+    for key in ("val_acc", "test_acc", "train_loss", "sizes"):
+        assert ma[key] == mb[key], key
+
+
+def test_a_resume_on_other_data_or_another_split_is_refused(tmp_path, cifar_batches, capsys):
+    out = tmp_path / "run"
+    common = ["--model", "tiny_resnet", "--recipe", "smoke", "--device", "cpu",
+              "--batch-size", "16", "--out", str(out)]  # fmt: skip
+    assert train_cli.main([*common, "--data", str(cifar_batches), "--epochs", "2",
+                           "--subset", "80", "--seed", "2"]) == 0  # fmt: skip
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt["epoch"] = 1  # as if it had stopped after its first epoch
+    from training.checkpoint import save_checkpoint
+
+    save_checkpoint(out / "checkpoint.pt", ckpt)
+    before = (out / "checkpoint.pt").read_bytes()
+
+    other = write_python_batches(tmp_path / "other", n_train=150, n_test=50)
+    capsys.readouterr()
+    assert train_cli.main([*common, "--data", str(other), "--resume"]) == 2
+    assert "is not the data" in capsys.readouterr().err
+    assert train_cli.main([*common, "--data", str(cifar_batches), "--resume", "--seed", "5"]) == 2
+    assert "trained with --seed 2, not 5" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before  # nothing trained, nothing written
+
+
 def test_cli_errors_are_clear(tmp_path, capsys):
-    assert train_cli.main(["--model", "nope", "--out", str(tmp_path)]) == 2
+    out = tmp_path / "o"
+    assert train_cli.main(["--model", "nope", "--out", str(out)]) == 2
     assert "efficient_resnet" in capsys.readouterr().err
-    assert train_cli.main(["--recipe", "nope", "--out", str(tmp_path)]) == 2
+    assert train_cli.main(["--recipe", "nope", "--out", str(out)]) == 2
     assert "smoke" in capsys.readouterr().err
-    assert train_cli.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert train_cli.main(["--data", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "missing" in capsys.readouterr().err
-    assert train_cli.main(["--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert train_cli.main(["--epochs", "0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not out.exists()  # no output folder, let alone files
 
 
 def test_cap_batch_size_scales_the_learning_rate_with_it():
@@ -316,7 +418,7 @@ def test_cap_batch_size_scales_the_learning_rate_with_it():
 
     cfg = get_recipe("default")  # batch 512, lr 0.4
     capped = cap_batch_size(cfg, 128)
-    assert (capped.batch_size, capped.lr) == (128, pytest.approx(0.1))
+    assert (capped.batch_size, capped.lr) == (128, pytest.approx(0.2))  # 0.4 * sqrt(1/4)
     assert cap_batch_size(cfg, 1024) is cfg and cap_batch_size(cfg, None) is cfg
 
 
@@ -326,3 +428,86 @@ def test_with_epochs_keeps_the_schedule_shape():
     assert (short.epochs, short.step_epochs) == (15, 3)
     restarts = get_recipe("se_mish_resnet").with_epochs(20)  # 200 epochs, T_0 10
     assert restarts.restart_epochs == 1
+    default = get_recipe("default")  # 40 epochs, 2 of warm-up
+    assert default.with_epochs(4).warmup_epochs == pytest.approx(0.2)  # a twentieth, as before
+
+
+def _lrs(cfg, steps_per_epoch: int) -> list[float]:
+    from training.loop import _make_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=cfg.lr)
+    scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch)
+    out = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize("warmup", [0.0, 1.0, 1.5])
+def test_step_decays_fall_on_their_epochs_whatever_the_warm_up(warmup):
+    cfg = quick_cfg(
+        epochs=6, lr=1.0, schedule="step", step_epochs=2, step_gamma=0.1, warmup_epochs=warmup
+    )
+    lrs = _lrs(cfg, steps_per_epoch=10)
+    # x0.1 at the start of epochs 2 and 4 (steps 20 and 40), counted from the run's start.
+    assert lrs[19] > 0.5 and lrs[20] == pytest.approx(0.1) and lrs[39] == pytest.approx(0.1)
+    assert lrs[40] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.01)
+    warm = round(warmup * 10)
+    assert all(a < b for a, b in zip(lrs[:warm], lrs[1 : warm + 1], strict=False))  # ramping
+
+
+def test_a_batch_over_a_tenth_of_the_images_is_capped_and_said(tmp_path, cifar_batches, capsys):
+    out = tmp_path / "run"
+    argv = ["--model", "tiny_resnet", "--recipe", "default", "--data", str(cifar_batches),
+            "--out", str(out), "--epochs", "1", "--subset", "160", "--device", "cpu"]  # fmt: skip
+    assert train_cli.main(argv) == 0
+    assert "batch size 512 is more than a tenth of the 160 training images: 16 per step" in (
+        capsys.readouterr().out
+    )
+    saved = load_checkpoint(out / "checkpoint.pt")["train_config"]
+    assert saved["batch_size"] == 16 and saved["lr"] == pytest.approx(0.4 * (16 / 512) ** 0.5)
+
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg.tar.xz"
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="the JPEG CIFAR-10 beside the repository")
+def test_a_short_run_of_the_default_recipe_learns_on_real_images(tmp_path, capsys):
+    """The smallest registered model, the default recipe, 2,000 real CIFAR-10 images and 3
+    epochs: the recipe's schedule shrinks to fit (warm-up included) and the batch is capped
+    to the data, so the run learns (at least 25% on 2,000 test images; 10% is chance)."""
+    out = tmp_path / "run"
+    argv = ["--model", "tiny_resnet", "--recipe", "default", "--data", str(SHARED_CIFAR),
+            "--out", str(out), "--subset", "2000", "--epochs", "3", "--device", "cpu"]  # fmt: skip
+    assert train_cli.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sizes"]["test"] == 2000 and metrics["params"] == 5266
+    assert metrics["test_acc"] >= 0.25, metrics["test_acc"]
+
+
+@pytest.mark.parametrize("recipe_tta", [True, False])
+def test_predict_uses_the_recipes_test_time_flip_unless_told_otherwise(tmp_path, recipe_tta):
+    """Predictions come from the model as it was tested: with the recipe's flip TTA by
+    default, without it under --no-tta (and with it under --tta)."""
+    from training.predictions import predict_labels
+    from training.run import run_training
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = quick_cfg(epochs=1, batch_size=32, tta_flip=recipe_tta)
+    run_training(TINY, cfg, DataSplits(train=separable_set(64)), out, device="cpu")
+    unlabeled = tmp_path / "u.pkl"
+    _write_unlabeled(unlabeled, 40, hwc=True)
+    model = model_from_checkpoint(load_checkpoint(out / "checkpoint.pt"))
+    images = load_images(unlabeled)
+    for flag, tta in ((None, recipe_tta), ("--tta", True), ("--no-tta", False)):
+        csv = tmp_path / f"p{flag}.csv"
+        argv = ["--checkpoint", str(out / "checkpoint.pt"), "--input", str(unlabeled)]
+        assert predict_cli.main([*argv, "--out", str(csv), *([flag] if flag else [])]) == 0
+        meta = json.loads(csv.with_suffix(".csv.json").read_text())
+        assert meta["tta_flip"] is tta, flag
+        expected = predict_labels(model, images, tta_flip=tta, device=torch.device("cpu"))
+        assert pd.read_csv(csv)["Labels"].tolist() == expected.tolist(), flag

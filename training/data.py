@@ -9,6 +9,7 @@ Formats (folders or archives read in memory, never extracted to disk):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import lzma
 import os
@@ -160,6 +161,17 @@ def make_splits(
         if subset_test:
             test_set = subset_stratified(test_set, sizes.test, seed)
     return DataSplits(train=train_set, val=val_set, test=test_set)
+
+
+def fingerprint(data: CifarData) -> str:
+    """A short hash of every image and label, to tell whether two runs read the same data
+    (the path alone does not: the same folder may be refilled)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for part in (data.train, data.test):
+        digest.update(part.images.numpy().tobytes())
+        if part.labels is not None:
+            digest.update(part.labels.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_cifar10(path: str | Path | None, cache_dir: Path = DEFAULT_CACHE) -> CifarData:
@@ -406,17 +418,39 @@ def _fields(obj: Any, where: str, expected: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _uint8(value: Any, where: str) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype != np.uint8:
+    """b'data' as it must already be: a numpy uint8 array (nothing else is converted, so a
+    file cannot make the loader build or walk a structure much larger than itself)."""
+    if not isinstance(value, np.ndarray):
         raise DataError(
-            f"{where}: b'data' has dtype {array.dtype}, expected uint8 pixel values 0..255; "
+            f"{where}: b'data' is a {type(value).__name__}, expected a numpy uint8 array of "
+            "images; re-export it with np.asarray(images, dtype=np.uint8)"
+        )
+    if value.dtype != np.uint8:
+        raise DataError(
+            f"{where}: b'data' has dtype {value.dtype}, expected uint8 pixel values 0..255; "
             "re-export it with array.astype(np.uint8)"
         )
-    return array
+    return value
 
 
 def _integers(value: Any, n: int, where: str, key: str) -> np.ndarray:
-    array = np.asarray(value)
+    """A 1-D integer array, or a flat list of ints (the python version's labels), of length
+    n. A list is checked element by element before numpy sees it: numpy would walk nested
+    lists that share references for exponential time."""
+    if isinstance(value, list):
+        if not all(type(x) is int for x in value):
+            kinds = sorted({type(x).__name__ for x in value if type(x) is not int})
+            raise DataError(
+                f"{where}: b'{key}' must be a flat list of ints, found {', '.join(kinds)} "
+                "items; re-export the file"
+            )
+        value = np.array(value, dtype=np.int64) if value else np.zeros(0, np.int64)
+    if not isinstance(value, np.ndarray):
+        raise DataError(
+            f"{where}: b'{key}' is a {type(value).__name__}, expected a 1-D integer array; "
+            "re-export the file"
+        )
+    array = value
     if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
         raise DataError(
             f"{where}: b'{key}' must be a 1-D list or array of integers, found "
@@ -464,6 +498,8 @@ def _read_batches(batches: list[tuple[Any, str]]) -> ImageSet:
 def _read_unlabeled(obj: Any, where: str) -> ImageSet:
     fields = _fields(obj, where, ("data", "ids"))
     data = _uint8(fields["data"], where)
+    if len(data) == 0:
+        raise DataError(f"{where}: b'data' holds no images; there is nothing to predict")
     if data.ndim == 4 and data.shape[1:] == (32, 32, 3):  # 2025 edition: height, width, channel
         data = data.transpose(0, 3, 1, 2)
     elif data.ndim == 2 and data.shape[1] == 3 * 32 * 32:  # 2024 edition: channel-planar rows

@@ -34,7 +34,6 @@ from torch.optim.lr_scheduler import (
     LRScheduler,
     OneCycleLR,
     SequentialLR,
-    StepLR,
 )
 
 from models import ArchConfig, ResNet, count_params
@@ -103,7 +102,10 @@ def _make_scheduler(
     if cfg.schedule == "cosine":
         main: LRScheduler = CosineAnnealingLR(optimizer, T_max=rest)
     elif cfg.schedule == "step":
-        main = StepLR(optimizer, step_size=cfg.step_epochs * steps_per_epoch, gamma=cfg.step_gamma)
+        # Decays at multiples of step_epochs counted from the start of the run, warm-up
+        # included (SequentialLR restarts the main schedule's count when the warm-up ends).
+        period = cfg.step_epochs * steps_per_epoch
+        main = LambdaLR(optimizer, lambda step: cfg.step_gamma ** ((warmup + step) // period))
     elif cfg.schedule == "cosine_restarts":
         main = CosineAnnealingWarmRestarts(
             optimizer, T_0=cfg.restart_epochs * steps_per_epoch, T_mult=cfg.restart_mult

@@ -1,7 +1,7 @@
 """Predict labels with a trained checkpoint.
 
     python -m training.predict --checkpoint runs/x/checkpoint.pt \\
-        --input cifar_test_nolabel.pkl --out predictions.csv [--tta]
+        --input cifar_test_nolabel.pkl --out predictions.csv [--no-tta]
 
 --input is a Kaggle-style unlabeled pickle (b'data', b'ids'), or any labeled CIFAR-10
 dataset the trainer reads (its test split is predicted and the accuracy printed).
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--input", required=True, help="unlabeled pickle or labeled dataset")
     p.add_argument("--out", required=True, type=Path, help="CSV to write (ID,Labels)")
-    p.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average with the mirrored image (default: as the checkpoint's recipe was tested)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_verbosity_flags(p)
     args = p.parse_args(argv)
@@ -41,16 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint, map_location=device)
+        model = model_from_checkpoint(ckpt, device, where=str(args.checkpoint))
         images = load_images(args.input)
     except (CheckpointError, DataError, ValueError) as e:
         logger.error(e)
         return 2
-    model = model_from_checkpoint(ckpt, device)
-    labels = predict_labels(model, images, tta_flip=args.tta, device=device)
+    # The test accuracy a run reports was measured with its recipe's flip TTA: predict the same.
+    recipe_tta = bool(ckpt.get("train_config", {}).get("tta_flip", False))
+    tta = recipe_tta if args.tta is None else args.tta
+    labels = predict_labels(model, images, tta_flip=tta, device=device)
     meta = {
         "checkpoint": str(args.checkpoint),
         "input": str(args.input),
-        "tta_flip": args.tta,
+        "tta_flip": tta,
         "images": len(images),
         **{k: ckpt[k] for k in ("arch", "train_config", "params", "seed", "code_version")},
     }

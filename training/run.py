@@ -67,12 +67,14 @@ def run_training(
     device: str = "auto",
     resume: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train with a per-epoch progress line and checkpoint; write metrics.json at the end."""
+    """Train with a per-epoch progress line and checkpoint; write metrics.json at the end.
+    `checkpoint_extra` is plain data stored in every checkpoint (e.g. what defines the split)."""
     started = time.perf_counter()
 
     def report(metrics: dict[str, float], state: TrainState) -> None:
-        save_checkpoint(out / "checkpoint.pt", state.checkpoint())
+        save_checkpoint(out / "checkpoint.pt", {**state.checkpoint(), **(checkpoint_extra or {})})
         log_epoch(metrics, cfg.epochs, started)
 
     result = train(arch, cfg, splits, report=report, device=device, resume=resume)

@@ -18,7 +18,8 @@ import torch
 
 from models import count_params, get_arch
 from training.checkpoint import CheckpointError, configs_from_checkpoint, load_checkpoint
-from training.data import DataError, load_cifar10, make_splits
+from training.config import fit_batch_to_data
+from training.data import DataError, fingerprint, load_cifar10, make_splits
 from training.logs import add_verbosity_flags, configure_logging, level_from_flags
 from training.loop import resolve_device
 from training.recipes import RECIPES, get_recipe, list_recipes
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, help="validation images (default: the recipe's, 5000)")
     p.add_argument("--subset", type=int, help="train on N images (validate on N/4, test on N)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0, help="seeds the split, init and augmentation")
+    p.add_argument("--seed", type=int, help="seeds the split, init and augmentation (0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     add_verbosity_flags(p)
@@ -60,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.epochs is not None and args.epochs < 1:
             raise ValueError(f"--epochs {args.epochs} must be at least 1")
         arch = get_arch(args.model)
-        overrides: dict[str, Any] = {"seed": args.seed}
-        if args.epochs is not None:
-            overrides["epochs"] = args.epochs
+        overrides: dict[str, Any] = {"seed": args.seed if args.seed is not None else 0}
         if args.batch_size is not None:
             overrides["batch_size"] = args.batch_size
         if args.compile:
@@ -70,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.val_size is not None:
             overrides["val_size"] = args.val_size
         cfg = get_recipe(args.recipe, **overrides)
+        if args.epochs is not None:  # the recipe's schedule, stretched or shrunk to fit
+            cfg = cfg.with_epochs(args.epochs)
         check_writable_dir(args.out)
         if args.subset is not None and args.subset < 10:
             raise ValueError(f"--subset {args.subset} is too small; use at least 10 images")
@@ -78,22 +79,39 @@ def main(argv: list[str] | None = None) -> int:
         logger.error(e.args[0] if isinstance(e, KeyError) else e)
         return 2
 
+    split = {"seed": cfg.seed, "subset": args.subset, "val_size": cfg.val_size}
     resume = None
     if args.resume:
-        # The checkpoint's own configs win: a resumed run must be the run that stopped.
+        # The checkpoint's own configs and split win: a resumed run must be the run that
+        # stopped, on the same images.
+        path = args.out / "checkpoint.pt"
         try:
-            resume = load_checkpoint(args.out / "checkpoint.pt")
+            resume = load_checkpoint(path)
+            arch, cfg = configs_from_checkpoint(resume, str(path))
+            split = resumed_split(resume, args, str(path))
         except CheckpointError as e:
             logger.error(e)
             return 2
-        arch, cfg = configs_from_checkpoint(resume)
-        logger.info("resuming from %s after epoch %d", args.out / "checkpoint.pt", resume["epoch"])
+        logger.info("resuming from %s after epoch %d", path, resume["epoch"])
     try:
         data = load_cifar10(args.data)
-        splits = make_splits(data, cfg.val_size, args.subset, seed=args.seed)
+        split["fingerprint"] = fingerprint(data)
+        if resume is not None and resume.get("split", {}).get("fingerprint") not in (
+            None,
+            split["fingerprint"],
+        ):
+            raise DataError(
+                f"{data.source} is not the data {args.out / 'checkpoint.pt'} was trained on "
+                f"(it read {resume['split'].get('source')}); resume with the same --data, or "
+                "start a new run with another --out"
+            )
+        splits = make_splits(data, split["val_size"], split["subset"], seed=split["seed"])
     except DataError as e:
         logger.error(e)
         return 2
+    cfg, note = fit_batch_to_data(cfg, len(splits.train))
+    if note:
+        logger.info(note)
 
     logger.info(
         f"{args.model} ({count_params(arch):,} params), recipe {args.recipe}, {cfg.epochs} "
@@ -109,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         device=str(device),
         resume=resume,
         extra={"model": args.model, "recipe": args.recipe, "data": data.source},
+        checkpoint_extra={"split": {**split, "source": data.source}},
     )
     m = result.metrics
     test = f", test {m['test_acc']:.2%}" if "test_acc" in m else ""
@@ -117,6 +136,27 @@ def main(argv: list[str] | None = None) -> int:
         f"done in {m['seconds']:.0f}s: {val}{test}; wrote {args.out}/checkpoint.pt, metrics.json"
     )
     return 0
+
+
+def resumed_split(ckpt: dict[str, Any], args: argparse.Namespace, where: str) -> dict[str, Any]:
+    """The split the checkpoint's run trained on. An option given now that contradicts it is
+    refused: resumed on another split, the run would validate on images it trained on."""
+    saved = ckpt.get("split")
+    if saved is None:  # a checkpoint from before splits were saved: as the command line says
+        return {
+            "seed": args.seed or 0,
+            "subset": args.subset,
+            "val_size": ckpt["train_config"]["val_size"],
+        }
+    for option, key in (("--seed", "seed"), ("--subset", "subset"), ("--val-size", "val_size")):
+        given = getattr(args, key)
+        if given is not None and given != saved[key]:
+            raise CheckpointError(
+                f"{where} was trained with {option} {saved[key]}, not {given}; resume without "
+                f"{option} (the run continues on its own split), or start a new run with another "
+                "--out"
+            )
+    return {key: saved[key] for key in ("seed", "subset", "val_size")}
 
 
 if __name__ == "__main__":

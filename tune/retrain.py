@@ -17,7 +17,7 @@ import torch
 from models import ArchConfig
 from training.artifacts import code_version, write_json
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.config import TrainConfig
+from training.config import TrainConfig, fit_batch_to_data
 from training.data import DataSplits, ImageSet
 from training.logs import configure_logging
 from training.loop import predict_logits, resolve_device
@@ -50,7 +50,9 @@ def retrain_seed(
     """Train one seed into out/seed_<seed>/ (continuing its checkpoint, or keeping it if it
     already finished) and return its metrics."""
     folder = out / f"seed_{seed}"
-    seed_cfg = cfg.replace(seed=seed, val_size=0)
+    seed_cfg, note = fit_batch_to_data(cfg.replace(seed=seed, val_size=0), len(train))
+    if note:
+        logger.info("retrain seed %d: %s", seed, note)
     done = folder / "metrics.json"
     if done.exists() and json.loads(done.read_text()).get("epochs") == seed_cfg.epochs:
         logger.info("retrain seed %d: already finished, kept", seed)
@@ -109,7 +111,8 @@ def summarize(
         "train_images": train_images,
         "test_images": len(test),
         "arch": arch.to_dict(),
-        "train_config": cfg.to_dict(),
+        # As the seeds trained it (a batch capped to the data shows here).
+        "train_config": per_seed[0].get("train_config", cfg.to_dict()),
         "code_version": code_version(),
         "checkpoints": [str(out / f"seed_{seed}" / "checkpoint.pt") for seed in seeds],
         **(extra or {}),

@@ -55,25 +55,33 @@ class ExperimentStorage:
         )
 
     def check_writable(self, timeout_s: float = 30.0) -> None:
-        """Write and delete a probe file, so a bad path fails before any work starts."""
+        """Write and delete a probe file, so a bad path fails before any work starts; leave
+        nothing behind (no experiment folder) if the search then stops on another error."""
         probe = ".write_probe"
+        existing = self.local_dir
+        while not existing.exists():  # probe where the folder would be created, not in it
+            existing = existing.parent
         try:
-            self.local_dir.mkdir(parents=True, exist_ok=True)
-            (self.local_dir / probe).write_text("ok")
-            (self.local_dir / probe).unlink()
+            if not existing.is_dir():
+                raise NotADirectoryError(20, "a file is in the way", str(existing))
+            (existing / probe).write_text("ok")
+            (existing / probe).unlink()
         except OSError as e:
             raise StorageError(
-                f"cannot write to {self.local_dir} ({e.strerror}); pass a --storage-path you "
-                "can write to"
+                f"cannot write to {self.local_dir} ({e.strerror}: {existing}); pass a "
+                "--storage-path you can write to"
             ) from None
         if self.remote_dir is None:
             return
 
         def probe_remote() -> None:
+            is_new = self.fs.get_file_info(self.remote_dir).type == pafs.FileType.NotFound
             self.fs.create_dir(self.remote_dir, recursive=True)
             with self.fs.open_output_stream(f"{self.remote_dir}/{probe}") as out:
                 out.write(b"ok")
             self.fs.delete_file(f"{self.remote_dir}/{probe}")
+            if is_new:
+                self.fs.delete_dir(self.remote_dir)
 
         # Cloud clients retry for minutes when there is no network: probe in a daemon thread
         # (one that cannot hold up the program's exit) and give up sooner.

@@ -22,13 +22,14 @@ from torch.utils.tensorboard.summary import hparams
 from search_spaces import raw_params, trial_configs
 from training.artifacts import code_version
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import cap_batch_size
+from training.config import cap_batch_size, fit_batch_to_data
 from training.data import DataSplits
 from training.logs import configure_logging
 from training.loop import NonFiniteLossError, TrainState, train
 from tune import faults
 from tune.ray_compat import local_trial_dir
 
+logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 TENSORBOARD_DIR = "tensorboard"  # inside each trial's folder
 
@@ -52,6 +53,9 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
     torch.set_num_threads(settings.threads)
     arch, cfg = trial_configs(config, settings.max_epochs)
     cfg = cap_batch_size(cfg, settings.max_batch_size).replace(seed=config["seed"])
+    cfg, note = fit_batch_to_data(cfg, len(data.train))
+    if note:
+        logger.info(note)
     params = config["params"]
     device = "cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu"
 
