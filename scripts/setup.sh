@@ -12,5 +12,6 @@ python3 -m venv .venv
 export PIP_CONFIG_FILE=/dev/null
 unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_INDEX_URL
 python -m pip install -q --upgrade pip
-python -m pip install -q -e '.[dev]'
+# constraints.txt: the torch that the Docker image installs too.
+python -m pip install -q -c constraints.txt -e '.[dev]'
 python -c "import torch, torchvision; torchvision.ops.nms; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"

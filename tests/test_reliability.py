@@ -6,9 +6,11 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -355,6 +357,35 @@ def test_embedded_ray_starts_without_a_dashboard(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     monkeypatch.setattr(ray, "nodes", lambda: [])
     runner.start_ray(None)
-    assert seen["include_dashboard"] is False and seen["address"] is None
+    assert seen["include_dashboard"] is False and seen["address"] == "local"
     runner.start_ray("127.0.0.1:6379")
     assert seen["include_dashboard"] is False and seen["address"] == "127.0.0.1:6379"
+
+
+def test_a_search_without_address_starts_its_own_ray_beside_a_ray_start_cluster(tmp_path):
+    """`ray start` leaves its cluster's address where ray.init() looks when given none (and
+    leaves it behind when its processes are killed): the search must not join that cluster,
+    let alone wait forever for a dead one."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt"))  # short: Ray's socket paths must fit 107 bytes
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # nothing listens
+        data = write_python_batches(tmp_path / "data", n_train=400, n_test=50)
+        run = search(
+            ["--space", "tiny", "--data", str(data), "--num-samples", "1", "--max-epochs", "1",
+             "--subset", "300", "--skip-retrain", "--storage-path", str(tmp_path / "exp"), "--name", "own"],
+            tmp_path / "run", timeout=150, env={"RAY_TMPDIR": str(ray_tmp)},
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    check_ok(run)
+    assert "existing Ray cluster" not in run.stderr
+    assert len(read_table(tmp_path / "exp" / "own")) == 1
+
+
+def test_a_ray_jobs_driver_joins_the_cluster_in_ray_address(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # what a Ray job's driver is given
+    assert search_cli.build_parser().parse_args([]).address == "10.0.0.5:6379"
+    assert search_cli.build_parser().parse_args(["--address", "auto"]).address == "auto"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert search_cli.build_parser().parse_args([]).address is None

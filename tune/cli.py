@@ -4,6 +4,7 @@ neither data nor Ray, so a typo fails in a second."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     a("--reduction-factor", type=int, default=2, help="ASHA: keep 1/this many at each rung")
     a("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (1; 0 on CPU)")
     a("--cpus-per-trial", type=float, default=1, help="CPUs per trial")
-    a("--address", help="an existing Ray cluster (e.g. 10.0.0.5:6379 or auto)")
+    a(
+        "--address",
+        # A Ray job's driver gets its cluster's address in RAY_ADDRESS.
+        default=os.environ.get("RAY_ADDRESS") or None,
+        help="an existing Ray cluster (e.g. 10.0.0.5:6379 or auto; default: $RAY_ADDRESS, "
+        "else an embedded local Ray of this process's own)",
+    )
+    a(
+        "--max-concurrent-trials",
+        type=int,
+        help="trials running or waiting for a node at once: what an autoscaler scales to "
+        "(default: what the cluster's declared maximum, else its live nodes, can run)",
+    )
     a("--storage-path", default="experiments", help="local folder or s3:// / gs:// URI")
     a("--name", help="experiment name (default: SPACE-DATE-TIME); an existing one resumes")
     a("--resume", action="store_true", help="continue the experiment --name (or the latest)")
@@ -152,6 +165,7 @@ def validate_args(args: argparse.Namespace) -> None:
         "retrain_epochs",
         "retrain_seeds",
         "subset",
+        "max_concurrent_trials",
     ):
         value = getattr(args, flag)
         if value is not None and value < 1:

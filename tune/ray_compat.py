@@ -110,3 +110,56 @@ def local_trial_dir() -> Path | None:
             "working folder and reach storage with its next sync"
         )
         return None
+
+
+# The cluster launcher writes the autoscaling config it started with onto the head node
+# (ray/autoscaler/_private/commands.py, Ray 2.60); a job submitted there runs beside it.
+LAUNCHER_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
+
+
+def declared_node_types() -> list[tuple[dict[str, float], int]] | None:
+    """What the cluster may grow to, as (resources of one node, most such nodes) per node
+    type; None where the cluster declares nothing (a fixed cluster, or an autoscaler that
+    publishes nothing the driver can read: KubeRay's, see docker/rayjob.yaml).
+
+    Read from the cluster config an autoscaler reports to the GCS (a private accessor of
+    Ray's global state, used by Ray Train v2 for the same question), else from the cluster
+    launcher's config on the head."""
+    try:
+        import ray._private.state as ray_state
+
+        config = ray_state.state.get_cluster_config()
+    except Exception as e:  # another Ray, Ray Client, or no GCS to ask
+        logger.debug("no cluster config from the GCS: %s", e)
+        config = None
+    if config is not None and config.node_group_configs:
+        return [
+            ({k: float(v) for k, v in group.resources.items()}, int(group.max_count))
+            for group in config.node_group_configs
+        ]
+    return launcher_node_types(LAUNCHER_CONFIG)
+
+
+def launcher_node_types(path: Path) -> list[tuple[dict[str, float], int]] | None:
+    """(resources, most nodes) per node type of a cluster launcher config; None if there is
+    none or it does not say. The head type counts one node more (the head itself). The
+    config's own max_workers caps each type's count (it caps their sum too, so with several
+    worker types that each reach it this is an upper bound)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text())
+        node_types = config["available_node_types"]
+        head_type = config["head_node_type"]
+        cap = int(config.get("max_workers", sys.maxsize))
+        declared = []
+        for name, node_type in node_types.items():
+            resources = {k: float(v) for k, v in (node_type.get("resources") or {}).items()}
+            workers = min(int(node_type.get("max_workers", 0)), cap)
+            declared.append((resources, workers + (1 if name == head_type else 0)))
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as e:
+        logger.warning("cannot read the cluster launcher's config %s: %s", path, e)
+        return None
+    return declared

@@ -36,8 +36,11 @@ def start_ray(address: str | None, quiet: bool = False) -> list[dict[str, Any]]:
     import ray
 
     # No dashboard either way: it would be one more open port with no authentication.
+    # "local" starts our own Ray: with no address, ray.init joins whatever cluster `ray start`
+    # last started on this machine (its address file outlives it, and then ray.init waits
+    # for a dead GCS forever).
     ray.init(
-        address=address or None,
+        address=address or "local",
         include_dashboard=False,
         log_to_driver=True,
         logging_level=logging.WARNING if quiet else logging.INFO,
@@ -54,17 +57,55 @@ def _fits(available: float, per_trial: float) -> int:
     return int(available / per_trial + 1e-9) if per_trial > 0 else 0
 
 
+def _node_slots(settings: SearchSettings, resources: dict[str, float]) -> int:
+    """How many trials fit on one node with these resources (a trial stays on one node)."""
+    by_cpu = _fits(resources.get("CPU", 0), settings.cpus_per_trial)
+    if settings.gpus_per_trial > 0:
+        return min(by_cpu, _fits(resources.get("GPU", 0), settings.gpus_per_trial))
+    return by_cpu
+
+
 def trial_slots(settings: SearchSettings, nodes: list[dict[str, Any]]) -> int:
-    """How many trials fit on the cluster's live nodes at once (a trial stays on one node)."""
-    slots = 0
-    for node in nodes:
-        res = node.get("Resources", {})
-        by_cpu = _fits(res.get("CPU", 0), settings.cpus_per_trial)
-        if settings.gpus_per_trial > 0:
-            slots += min(by_cpu, _fits(res.get("GPU", 0), settings.gpus_per_trial))
-        else:
-            slots += by_cpu
-    return slots
+    """How many trials fit on the cluster's live nodes at once."""
+    return sum(_node_slots(settings, node.get("Resources", {})) for node in nodes)
+
+
+def trial_concurrency(
+    settings: SearchSettings,
+    nodes: list[dict[str, Any]],
+    requested: int | None,
+    declared: list[tuple[dict[str, float], int]] | None,
+) -> int:
+    """How many trials run (or wait for a node) at once. With a searcher Ray Tune keeps only
+    this many trials, so on an autoscaling cluster it is also the demand the autoscaler sees:
+    one pending trial, one GPU node at a time. Hence: --max-concurrent-trials if given, else
+    as many as the cluster's declared maximum (`declared`: resources and most nodes per node
+    type) can run, else as many as its live nodes can; at least one, at most the trials."""
+    live = trial_slots(settings, nodes)
+    if requested:
+        concurrency, source = requested, "--max-concurrent-trials"
+    elif declared:
+        concurrency = sum(_node_slots(settings, res) * count for res, count in declared)
+        source = "the cluster's declared maximum nodes"
+    else:
+        concurrency, source = live, "the live nodes"
+    if concurrency < 1:
+        logger.warning(
+            "no node can run a trial yet and the cluster declares no maximum size: trials "
+            "start one at a time, so an autoscaler adds one node at a time; pass "
+            "--max-concurrent-trials N (the trials that fit on the largest cluster) to ask "
+            "for all the nodes at once"
+        )
+        concurrency, source = 1, "no node yet"
+    if not settings.unlimited:
+        concurrency = min(concurrency, settings.num_samples)
+    logger.info(
+        "at most %d trial(s) at once (%s; %d fit on the live nodes now)",
+        concurrency,
+        source,
+        live,
+    )
+    return concurrency
 
 
 def check_resources(settings: SearchSettings, nodes: list[dict[str, Any]], local: bool) -> None:
@@ -103,7 +144,7 @@ def _fixed_trial_configs(settings: SearchSettings) -> list[dict[str, Any]]:
     return configs
 
 
-def make_tuner(settings: SearchSettings, trainable: Any, slots: int, verbose: int) -> Any:
+def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbose: int) -> Any:
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -141,10 +182,6 @@ def make_tuner(settings: SearchSettings, trainable: Any, slots: int, verbose: in
         )
         param_space = {}
         num_samples = settings.num_samples
-    if slots == 0:
-        # An autoscaling cluster with no node for a trial yet: Ray then limits nothing, and
-        # trials start as nodes join.
-        logger.info("no live node can run a trial yet; trials start as nodes join")
     return ray_tune.Tuner(
         trainable,
         param_space=param_space,
@@ -155,8 +192,8 @@ def make_tuner(settings: SearchSettings, trainable: Any, slots: int, verbose: in
             mode="max",
             num_samples=num_samples,
             trial_dirname_creator=short_trial_dirname,
-            # With a searcher Ray starts one trial at a time unless told how many fit.
-            max_concurrent_trials=slots if slots > 0 else None,
+            # With a searcher Ray keeps one trial at a time unless told how many to keep.
+            max_concurrent_trials=concurrency,
         ),
         run_config=ray_tune.RunConfig(
             name=settings.name,
@@ -175,7 +212,7 @@ def make_tuner(settings: SearchSettings, trainable: Any, slots: int, verbose: in
 
 
 def run_search(
-    settings: SearchSettings, splits: DataSplits, slots: int, log_level: int = logging.INFO
+    settings: SearchSettings, splits: DataSplits, concurrency: int, log_level: int = logging.INFO
 ) -> Any:
     """Run (or continue) the experiment's trials to the end; Ray's ResultGrid."""
     from ray import tune as ray_tune
@@ -207,6 +244,6 @@ def run_search(
             )
     else:
         tuner = make_tuner(
-            settings, trainable, slots, verbose=1 if log_level <= logging.INFO else 0
+            settings, trainable, concurrency, verbose=1 if log_level <= logging.INFO else 0
         )
     return tuner.fit()

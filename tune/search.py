@@ -16,7 +16,14 @@ from training.data import DEFAULT_VAL_SIZE, DataError, load_cifar10, load_images
 from training.logs import configure_logging, level_from_flags, project_level
 from tune.cli import UsageError, build_parser, format_space_list, validate_args
 from tune.finalize import report, retrain_best, summarize_trials
-from tune.runner import check_resources, cluster_gpus, run_search, start_ray, trial_slots
+from tune.ray_compat import declared_node_types
+from tune.runner import (
+    check_resources,
+    cluster_gpus,
+    run_search,
+    start_ray,
+    trial_concurrency,
+)
 from tune.settings import open_storage, resolve_settings, save_settings
 from tune.storage import StorageError
 
@@ -66,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. The trials.
     started = time.perf_counter()
-    grid = run_search(settings, splits, trial_slots(settings, nodes), project_level())
+    declared = declared_node_types() if args.address else None
+    concurrency = trial_concurrency(settings, nodes, args.max_concurrent_trials, declared)
+    grid = run_search(settings, splits, concurrency, project_level())
 
     # 4. The results table, the best configuration, its retrain and the report.
     outcome = summarize_trials(grid, settings, time.perf_counter() - started, cluster_gpus(nodes))
