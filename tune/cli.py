@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrent-trials",
         type=int,
         help="trials running or waiting for a node at once: what an autoscaler scales to "
-        "(default: what the cluster's declared maximum, else its live nodes, can run)",
+        "(default: what the cluster's declared maximum, else its live nodes, can run; a "
+        "resumed search keeps the value it started with)",
     )
     a("--storage-path", default="experiments", help="local folder or s3:// / gs:// URI")
     a("--name", help="experiment name (default: SPACE-DATE-TIME); an existing one resumes")
