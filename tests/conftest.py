@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 from pathlib import Path
@@ -60,3 +61,24 @@ def project_logging() -> None:
 @pytest.fixture
 def cifar_batches(tmp_path: Path) -> Path:
     return write_python_batches(tmp_path / "data")
+
+
+@contextlib.contextmanager
+def interrupted_after_epoch(monkeypatch, epoch: int):
+    """Inside the block, a training run is interrupted (KeyboardInterrupt, as Ctrl-C) right
+    after it logs `epoch`, whose checkpoint is then on disk; the block must end that way."""
+    from training import run as training_run
+
+    real_log = training_run.log_epoch
+
+    def interrupting(metrics, total, started):
+        real_log(metrics, total, started)
+        if metrics["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_run, "log_epoch", interrupting)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(training_run, "log_epoch", real_log)

@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from models import get_arch
-from training import run as training_run
 from training.recipes import get_recipe
 from tune.retrain import concat_sets, retrain
 
-from .conftest import separable_set
+from .conftest import interrupted_after_epoch, separable_set
 
 
 def test_retrain_resumes_from_its_own_checkpoints(tmp_path, monkeypatch, capsys):
@@ -17,19 +16,10 @@ def test_retrain_resumes_from_its_own_checkpoints(tmp_path, monkeypatch, capsys)
     train, test = separable_set(128), separable_set(40, seed=1)
     out = tmp_path / "final"
 
-    real_log = training_run.log_epoch
-
-    def interrupt_after_first_epoch(metrics, total, started):
-        real_log(metrics, total, started)
-        if metrics["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training_run, "log_epoch", interrupt_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_epoch(monkeypatch, 1):
         retrain(arch, cfg, train, test, out, seeds=[0, 1], device="cpu")
     assert (out / "seed_0" / "checkpoint.pt").exists()
     assert not (out / "seed_0" / "metrics.json").exists()
-    monkeypatch.setattr(training_run, "log_epoch", real_log)
 
     metrics = retrain(arch, cfg, train, test, out, seeds=[0, 1], device="cpu")
     assert "resuming after epoch 1" in capsys.readouterr().out

@@ -15,10 +15,15 @@ from training import predict as predict_cli
 from training import train as train_cli
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.data import DataSplits, load_images
-from training.loop import NonFiniteLossError, train, update_ema
+from training.loop import EmaUpdate, NonFiniteLossError, train
 from training.recipes import get_recipe, list_recipes
 
-from .conftest import separable_images, separable_set, write_python_batches
+from .conftest import (
+    interrupted_after_epoch,
+    separable_images,
+    separable_set,
+    write_python_batches,
+)
 
 TINY = get_arch("tiny_resnet")
 
@@ -127,6 +132,7 @@ def test_ema_follows_the_warm_up_formula_and_copies_integer_buffers():
     averager = swa_utils.AveragedModel(net, use_buffers=True)
     expected = {k: v.clone().float() for k, v in averager.module.state_dict().items()}
     decay = 0.5  # reached after a few steps, so the clamp is exercised too
+    update_ema = EmaUpdate(averager, net, decay)
     for step in range(6):
         with torch.no_grad():
             for p in net.parameters():
@@ -138,7 +144,7 @@ def test_ema_follows_the_warm_up_formula_and_copies_integer_buffers():
                 expected[k] = d * expected[k] + (1 - d) * v
             else:
                 expected[k] = v.clone().float()
-        update_ema(averager, net, decay)
+        update_ema()
     got = averager.module.state_dict()
     for k, v in expected.items():
         torch.testing.assert_close(got[k].float(), v, msg=k)
@@ -344,26 +350,15 @@ def test_a_run_interrupted_midway_resumes_on_its_own_split_exactly(
     """Interrupted after epoch 1 of 3 and resumed through the real checkpoint file with no
     --seed or --subset: the run continues on the split it started with and ends with the
     same weights and metrics as the same run uninterrupted."""
-    from training import run as training_run
-
     common = ["--model", "tiny_resnet", "--recipe", "smoke", "--data", str(cifar_batches),
               "--device", "cpu", "--batch-size", "16", "--epochs", "3"]  # fmt: skip
     split = ["--seed", "3", "--subset", "120"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert train_cli.main([*common, *split, "--out", str(straight)]) == 0
 
-    real_log = training_run.log_epoch
-
-    def stop_after_first_epoch(metrics, total, started):
-        real_log(metrics, total, started)
-        if metrics["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training_run, "log_epoch", stop_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_epoch(monkeypatch, 1):
         train_cli.main([*common, *split, "--out", str(broken)])
     assert load_checkpoint(broken / "checkpoint.pt")["epoch"] == 1
-    monkeypatch.setattr(training_run, "log_epoch", real_log)
     torch.manual_seed(99)  # disturb the global RNG: the resume restores its own
     assert train_cli.main([*common, "--out", str(broken), "--resume"]) == 0
 

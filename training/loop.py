@@ -144,35 +144,46 @@ class Lookahead:
         self.steps = state["steps"]
 
 
-@torch.no_grad()
-def update_ema(averager: swa_utils.AveragedModel, model: nn.Module, decay: float) -> None:
-    """One EMA step of `averager` toward `model` (parameters and BatchNorm buffers).
+class EmaUpdate:
+    """One EMA step of `averager` toward `model` per call (parameters and BatchNorm buffers).
 
     The decay ramps up as (1 + n) / (10 + n) toward `decay`, so that short runs (a few
     hundred steps, as in early search trials) are not stuck near the initial weights; the
     first step copies. The step count n stays on the device and nothing here reads it on
     the host: AveragedModel.update_parameters compares it with 0 and copies it to the
     device on every call, and either one makes the host wait for the GPU once a step.
+    The tensor pairs are gathered once, so a training step does only the arithmetic.
     """
-    averaged = list(itertools.chain(averager.module.parameters(), averager.module.buffers()))
-    current = list(itertools.chain(model.parameters(), model.buffers()))
-    floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
-    counters = [(a, c) for a, c in zip(averaged, current, strict=True) if not a.is_floating_point()]
-    n = averager.n_averaged
-    d = torch.where(n == 0, 0.0, torch.clamp((1.0 + n) / (10.0 + n), max=decay)).float()
-    avg_f = [a for a, _ in floats]
-    torch._foreach_mul_(avg_f, d)
-    torch._foreach_add_(avg_f, torch._foreach_mul([c.detach() for _, c in floats], 1.0 - d))
-    if counters:  # e.g. BatchNorm's num_batches_tracked
-        torch._foreach_copy_([a for a, _ in counters], [c for _, c in counters])
-    n.add_(1)
+
+    def __init__(self, averager: swa_utils.AveragedModel, model: nn.Module, decay: float):
+        averaged = itertools.chain(averager.module.parameters(), averager.module.buffers())
+        current = itertools.chain(model.parameters(), model.buffers())
+        pairs = list(zip(averaged, current, strict=True))
+        self.floats = ([a for a, _ in pairs if a.is_floating_point()],
+                       [c for a, c in pairs if a.is_floating_point()])  # fmt: skip
+        # e.g. BatchNorm's num_batches_tracked: copied, not averaged
+        self.counters = ([a for a, _ in pairs if not a.is_floating_point()],
+                         [c for a, c in pairs if not a.is_floating_point()])  # fmt: skip
+        self.n = averager.n_averaged
+        self.decay = decay
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        n = self.n
+        d = torch.where(n == 0, 0.0, torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)).float()
+        averaged, current = self.floats
+        torch._foreach_mul_(averaged, d)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - d))
+        if self.counters[0]:
+            torch._foreach_copy_(*self.counters)
+        n.add_(1)
 
 
 def _make_averager(model: nn.Module, cfg: TrainConfig) -> swa_utils.AveragedModel | None:
     if cfg.weight_averaging == "none":
         return None
     if cfg.weight_averaging == "ema":
-        # Updated by update_ema every step, not by AveragedModel.update_parameters; its step
+        # Updated by EmaUpdate every step, not by AveragedModel.update_parameters; its step
         # count lives beside the weights (AveragedModel keeps it on the CPU).
         averager = swa_utils.AveragedModel(model, use_buffers=True)
         averager.n_averaged = averager.n_averaged.to(next(model.parameters()).device)
@@ -246,6 +257,11 @@ class TrainState:
             else None
         )
         self.averager = _make_averager(self.model, cfg)
+        self.ema_update = (
+            EmaUpdate(self.averager, self.model, cfg.ema_decay)
+            if cfg.weight_averaging == "ema"
+            else None
+        )
         self.swa_scheduler = (
             swa_utils.SWALR(self.optimizer, swa_lr=cfg.swa_lr)
             if cfg.weight_averaging == "swa" and cfg.swa_lr > 0
@@ -414,8 +430,8 @@ def train(
                 state.swa_scheduler.step()
             else:
                 state.scheduler.step()
-            if cfg.weight_averaging == "ema":
-                update_ema(state.averager, model, cfg.ema_decay)
+            if state.ema_update is not None:
+                state.ema_update()
             loss_sum += loss.detach() * len(index)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(index)
