@@ -81,8 +81,9 @@ class SearchSpace:
     def sample(self, trial: Suggester, budget: int) -> Params:
         """Suggest one configuration and size it; return the constants that travel with it:
         its exact parameter count, the size it was solved for and the width scale that gives
-        it. Raises BudgetTooSmallError if the shape is over the budget even at its narrowest
-        widths (`ask_fitting` asks for another)."""
+        it. Raises BudgetTooSmallError if the shape is over the budget (or, with a size
+        parameter, over its sampled size) even at its narrowest widths (`ask_fitting` asks
+        for another)."""
         self.suggest(trial)
         raw = dict(trial.params)
         arch, _ = self.build(raw)
@@ -92,10 +93,14 @@ class SearchSpace:
         else:
             target = int(raw[self.size_param] * budget)
             _, params, scale = fit_to_target(arch, target)
-            if params > budget:
+            if params > target:
+                # Only at scale 0: the narrowest widths are over the sampled size, so this
+                # sample cannot be what it says; training it would tell Optuna one size and
+                # train another.
                 raise BudgetTooSmallError(
                     f"this shape has {params:,} parameters even at its narrowest widths, over "
-                    f"the budget of {budget:,}"
+                    f"its sampled size of {target:,} ({raw[self.size_param]:.3f} of the budget "
+                    f"of {budget:,})"
                 )
         return {
             "space": self.name,
@@ -164,11 +169,11 @@ class LowestTrial:
 def ask_fitting(study: Any, space: SearchSpace, budget: int, tries: int = 20) -> tuple[Any, Params]:
     """(Optuna trial, its constants): the next trial of `study` whose network fits `budget`.
 
-    A shape over the budget even at its narrowest widths (possible only for budgets near the
-    space's smallest network) is told to the study as failed, with the reason in its
-    `infeasible` user attribute, and another is asked for. After `tries` such shapes the
-    space's smallest configuration is asked for, which fits every budget `check_budget`
-    accepts: every trial that leaves here fits, and nothing is raised."""
+    A sample whose shape is over its sampled size (or the budget) even at its narrowest
+    widths is told to the study as failed, with the reason in its `infeasible` user
+    attribute, and another is asked for. After `tries` such samples the space's smallest
+    shape at the whole budget is asked for, which fits every budget `check_budget` accepts:
+    every trial that leaves here is the network its parameters say, and nothing is raised."""
     from optuna.trial import TrialState
 
     for _ in range(tries):
@@ -178,6 +183,9 @@ def ask_fitting(study: Any, space: SearchSpace, budget: int, tries: int = 20) ->
         except BudgetTooSmallError as e:
             trial.set_user_attr("infeasible", str(e))
             study.tell(trial, state=TrialState.FAIL)
-    study.enqueue_trial(space.lowest_params())
+    fallback = space.lowest_params()
+    if space.size_param is not None:
+        fallback[space.size_param] = 1.0  # the whole budget, which check_budget says fits
+    study.enqueue_trial(fallback)
     trial = study.ask()
     return trial, space.sample(trial, budget)
