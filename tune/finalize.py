@@ -17,6 +17,7 @@ from training.artifacts import code_version, write_json
 from training.config import cap_batch_size
 from training.data import DataSplits, ImageSet
 from training.logs import project_level
+from tune.interrupt import get_interruptibly
 from tune.results import (
     TrialRecord,
     asha_milestones,
@@ -41,6 +42,7 @@ class SearchOutcome:
     meta: dict[str, Any]  # the settings and code version, in the table's metadata
     best: dict[str, Any] | None  # best_config.json; None if every trial failed
     importances: dict[str, float] | None = None  # None: the search had no Optuna study
+    importances_basis: str = ""  # which trials the importances were measured over
 
 
 def collect_records(grid: Any) -> list[TrialRecord]:
@@ -79,17 +81,17 @@ def summarize_trials(
     records = collect_records(grid)
     table = trials_table(records, settings.max_epochs)
     study = close_study(settings.storage, settings.max_epochs)
-    importances = None
+    importances, basis = None, ""
     if study is not None and len(table):
         states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
         table["optuna_state"] = table["config/trial_number"].map(states).fillna("")
-        importances = param_importances(study)
+        importances, basis = param_importances(study)
     meta = {**asdict(settings), "code_version": code_version()}
     write_parquet(exp / "trials.parquet", table, meta)
     ok = table[~table["status"].isin(["error", "failed"])].dropna(subset=["best_val_acc"])
     if not len(ok):
         settings.storage.push("trials.parquet")
-        return SearchOutcome(records, table, meta, None, importances)
+        return SearchOutcome(records, table, meta, None, importances, basis)
     best_row = ok.iloc[0]
     best_record = next(r for r in records if r.trial_id == best_row["trial_id"])
     arch, cfg = trial_configs(best_record.config, settings.retrain_epochs)
@@ -114,7 +116,7 @@ def summarize_trials(
     logger.info(
         f"best trial {best['trial_id']}: val {best['best_val_acc']:.2%}, {best['params']:,} params"
     )
-    return SearchOutcome(records, table, meta, best, importances)
+    return SearchOutcome(records, table, meta, best, importances, basis)
 
 
 def retrain_best(
@@ -148,7 +150,7 @@ def retrain_best(
     }
     started = time.perf_counter()
     seed_task = ray.remote(retrain_seed_in_storage).options(**resources)
-    per_seed = ray.get(
+    per_seed = get_interruptibly(
         [
             seed_task.remote(
                 settings.storage_path, settings.name, arch, cfg, train_ref, test_ref, seed, **common
@@ -157,21 +159,23 @@ def retrain_best(
         ]
     )
     summary_task = ray.remote(summarize_in_storage).options(**resources)
-    final = ray.get(
-        summary_task.remote(
-            settings.storage_path,
-            settings.name,
-            arch,
-            cfg,
-            len(train),
-            test_ref,
-            per_seed,
-            seeds=seeds,
-            gpu_share=min(1.0, settings.gpus_per_trial),
-            wall_seconds=time.perf_counter() - started,
-            predict=predict,
-            **common,
-        )
+    [final] = get_interruptibly(
+        [
+            summary_task.remote(
+                settings.storage_path,
+                settings.name,
+                arch,
+                cfg,
+                len(train),
+                test_ref,
+                per_seed,
+                seeds=seeds,
+                gpu_share=min(1.0, settings.gpus_per_trial),
+                wall_seconds=time.perf_counter() - started,
+                predict=predict,
+                **common,
+            )
+        ]
     )
     logger.info(
         f"retrained: test {final['test_acc_mean']:.2%} +- {final['test_acc_std']:.2%} over "
@@ -238,6 +242,7 @@ def report(settings: SearchSettings, outcome: SearchOutcome, final: dict[str, An
         find_seed_baseline(settings) if outcome.best else None,
         outcome.meta,
         outcome.importances,
+        outcome.importances_basis,
     )
     settings.storage.push(*REPORT_FILES)
     return path

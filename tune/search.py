@@ -1,41 +1,71 @@
 """The search command: `python -m tune.search --space efficient_resnet --data DIR`.
 
-Read `main` as the table of contents of a search; each step lives in the module it names:
-the arguments (tune.cli), the experiment's settings and storage (tune.settings), Ray and
-the trials (tune.runner, tune.trainable), and what comes after them (tune.finalize).
+Read `main` and `search` as the table of contents of a search; each step lives in the module
+it names: the arguments (tune.cli), the experiment's settings and storage (tune.settings),
+Ray and the trials (tune.runner, tune.trainable), and what comes after them (tune.finalize).
+The arguments are parsed before anything imports torch or Ray, so `--help` and a mistyped
+option answer at once. Ctrl-C or SIGTERM stops a search cleanly (tune.interrupt).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import shlex
 import sys
 import time
 
-from models import BudgetTooSmallError
-from training.data import DEFAULT_VAL_SIZE, DataError, load_cifar10, load_images, make_splits
 from training.logs import configure_logging, level_from_flags, project_level
 from tune.cli import UsageError, build_parser, format_space_list, validate_args
-from tune.finalize import report, retrain_best, summarize_trials
-from tune.ray_compat import declared_node_types
-from tune.runner import (
-    check_resources,
-    cluster_gpus,
-    run_search,
-    start_ray,
-    trial_concurrency,
-)
-from tune.settings import open_storage, resolve_settings, save_settings
-from tune.storage import StorageError
+from tune.interrupt import SearchInterrupted, StopSignals
 
 logger = logging.getLogger("tune.search")
 
 
+def resume_command(argv: list[str], name: str) -> str:
+    """The command line that continues the experiment `name`: the same one, naming it (its
+    saved settings then win over the options; the others, like --skip-retrain, still count)."""
+    args = list(argv)
+    if "--name" not in args and not any(a.startswith("--name=") for a in args):
+        args += ["--name", name]
+    return shlex.join(["python", "-m", "tune.search", *args])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     configure_logging(level_from_flags(args))
     if args.list_spaces:
         print(format_space_list())
         return 0
+    stop = StopSignals()
+    stop.install()
+    started: list[str] = []  # the experiment's name, once it exists
+    try:
+        return search(args, stop, started)
+    except SearchInterrupted:
+        pass
+    if started:
+        logger.error("stopped by %s; resume with: %s", stop.name, resume_command(argv, started[0]))
+    else:
+        logger.error("stopped by %s before the search started; nothing to resume", stop.name)
+    return 128 + (stop.received or 2)
+
+
+def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> int:
+    from models import BudgetTooSmallError
+    from training.data import DEFAULT_VAL_SIZE, DataError, load_cifar10, load_images, make_splits
+    from tune.finalize import report, retrain_best, summarize_trials
+    from tune.ray_compat import declared_node_types
+    from tune.runner import (
+        check_resources,
+        cluster_gpus,
+        run_search,
+        start_ray,
+        trial_concurrency,
+    )
+    from tune.settings import open_storage, resolve_settings, save_settings
+    from tune.storage import StorageError
 
     # 1. Everything that can be wrong with the inputs fails here, before Ray starts.
     try:
@@ -50,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Ray, and the settings that follow from what it has (a GPU or not).
     nodes = start_ray(args.address, quiet=args.quiet)
+    stop.install()  # again: ray.init puts its own SIGTERM handler in place, which aborts
     try:
         settings = saved or resolve_settings(args, storage, cluster_gpus(nodes) > 0)
         check_resources(settings, nodes, local=args.address is None)
@@ -59,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.reduced:
         logger.info("reduced run: %s", settings.reduced)
     save_settings(settings)
+    started.append(settings.name)
     # --subset trims what the trials train and validate on; the test split stays whole.
     splits = make_splits(
         data, DEFAULT_VAL_SIZE, settings.subset, seed=settings.seed, subset_test=False
@@ -71,14 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(splits.train):,} train / {len(splits.val):,} val images; folder {storage.uri}"
     )
 
-    # 3. The trials.
-    started = time.perf_counter()
+    # 3. The trials. Interrupted, the search ends here: no winner, retrain or report for a
+    # search that did not finish; its trials continue when it is resumed.
+    search_started = time.perf_counter()
     declared = declared_node_types() if args.address else None
     concurrency = trial_concurrency(settings, nodes, args.max_concurrent_trials, declared)
-    grid = run_search(settings, splits, concurrency, project_level())
+    with stop.during_fit():
+        grid = run_search(settings, splits, concurrency, project_level())
+    if stop.interrupted:
+        raise SearchInterrupted(stop.name)
 
     # 4. The results table, the best configuration, its retrain and the report.
-    outcome = summarize_trials(grid, settings, time.perf_counter() - started, cluster_gpus(nodes))
+    outcome = summarize_trials(
+        grid, settings, time.perf_counter() - search_started, cluster_gpus(nodes)
+    )
     if outcome.best is None:
         report(settings, outcome, None)
         logger.error(

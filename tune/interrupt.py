@@ -1,0 +1,130 @@
+"""Ctrl-C (SIGINT) and SIGTERM during a search: the first stops it cleanly, a second at once.
+
+Left to itself, Ray Tune's SIGINT handler ends the trial loop, saves the experiment and lets
+`Tuner.fit` return as if the search had finished: the search would then pick a winner among
+cut-off trials, retrain it and write a report of a search that did not end. Here the first
+signal asks Ray Tune to stop the same way (through the SIGUSR1 handler that Ray Tune installs
+while `fit` runs: it saves the experiment state, and the trials stay resumable), and is
+remembered, so the search exits after `fit` without results. Outside `fit` (before it, and
+in the retrain) the first signal raises `SearchInterrupted` where the program is. A second
+signal exits at once, whatever is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Ray Tune's own SIGINT handler would replace ours inside `fit` (ray/tune/tune.py,
+# _setup_signal_catching); its SIGUSR1 handler, which does the same, stays.
+RAY_ENV = {"TUNE_DISABLE_SIGINT_HANDLER": "1"}
+# Ray Tune's lines at an interruption point to Tuner.restore, which is not how this tool
+# resumes (it would lose the Optuna study, the settings and the clock): the search prints its
+# own line instead.
+_RAY_LINES = ("Experiment has been interrupted", "Stop signal received")
+
+
+class SearchInterrupted(Exception):
+    """The user stopped the search (Ctrl-C or SIGTERM) outside Ray Tune's trial loop."""
+
+
+class _DropRayInterruptLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_RAY_LINES)
+
+
+class StopSignals:
+    """Install with `install()`; wrap `Tuner.fit` in `during_fit()`; ask `interrupted`."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the first stop signal's number
+        self._in_fit = False  # Ray Tune's trial loop runs: ask it to stop
+        self._deferred = False  # inside Ray's C++ core: only note the signal
+
+    @property
+    def interrupted(self) -> bool:
+        return self.received is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else ""
+
+    def install(self) -> None:
+        global _installed
+        _installed = self
+        for key, value in RAY_ENV.items():
+            os.environ[key] = value
+        logging.getLogger("ray.tune.tune").addFilter(_DropRayInterruptLines())
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    @contextlib.contextmanager
+    def during_fit(self) -> Iterator[None]:
+        self._in_fit = True
+        try:
+            yield
+        finally:
+            self._in_fit = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Signals only noted, not raised: the caller checks `interrupted` afterwards."""
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            logger.warning("%s again: exiting now", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        self.received = signum
+        ray_tune_stop = signal.getsignal(signal.SIGUSR1)
+        if self._in_fit and callable(ray_tune_stop):
+            logger.warning(
+                "%s: stopping the search; Ray saves its state (a few seconds); press Ctrl-C "
+                "again to quit at once",
+                self.name,
+            )
+            ray_tune_stop(signal.SIGUSR1, frame)
+            return
+        logger.warning("%s: stopping; press Ctrl-C again to quit at once", self.name)
+        if not self._deferred:
+            raise SearchInterrupted(self.name)
+
+
+_installed: StopSignals | None = None  # the process's handler (signals are process-wide)
+
+
+POLL_S = 0.5  # how often a wait on Ray tasks returns to Python, where signal handlers run
+
+
+def get_interruptibly(refs: list) -> list:
+    """`ray.get(refs)`, but a stop signal ends the wait within POLL_S: a plain `ray.get`
+    blocks inside Ray's C++ core, where Python runs no signal handler until it returns (and a
+    handler that raises there surfaces as a SystemError). Interrupted, the tasks are
+    cancelled (what they checkpointed stays, and a resume continues from it) and
+    SearchInterrupted is raised."""
+    import ray
+
+    stop = _installed
+    pending = list(refs)
+    while pending:
+        if stop is None:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+            continue
+        with stop.deferred():
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+        if stop.interrupted:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise SearchInterrupted(stop.name)
+    return ray.get(list(refs))
