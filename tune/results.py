@@ -32,6 +32,13 @@ SEED_REPORTED_ACC = {
 }
 
 
+# How a network's stages are written in tables and in trials.parquet's `stages` column.
+STAGES_NOTE = (
+    "Stages are written blocks x channels, one per stage: `4x64 4x128 3x256` is 4 blocks of "
+    "64 channels, then 4 blocks of 128, then 3 of 256."
+)
+
+
 @dataclass
 class TrialRecord:
     trial_id: str
@@ -109,7 +116,13 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows)
     if len(table):
-        table = table.sort_values("best_val_acc", ascending=False, na_position="last")
+        # Ties (common on small validation sets) go to the earlier trial, so the same results
+        # always name the same best trial: a resumed retrain continues the one it began.
+        keys = ["best_val_acc", "config/trial_number", "trial_id"]
+        keys = [k for k in keys if k in table]
+        table = table.sort_values(
+            keys, ascending=[False] + [True] * (len(keys) - 1), na_position="last", kind="stable"
+        )
     return table.reset_index(drop=True)
 
 
@@ -149,12 +162,18 @@ def pareto_frontier(table: pd.DataFrame) -> pd.DataFrame:
     return ranked.loc[keep]
 
 
+def _params_unit(params: pd.Series) -> tuple[float, str]:
+    """(divisor, name) that writes these parameter counts with a few digits."""
+    return (1e6, "millions") if params.max() >= 1e6 else (1e3, "thousands")
+
+
 def _plot_params_vs_acc(table: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     frontier = pareto_frontier(table)
+    unit, unit_name = _params_unit(table["params"])
     if len(frontier):
         ax.step(
-            frontier["params"] / 1e6,
+            frontier["params"] / unit,
             frontier["best_val_acc"] * 100,
             where="post",
             color="0.4",
@@ -170,9 +189,9 @@ def _plot_params_vs_acc(table: pd.DataFrame, path: Path) -> None:
         part = table[table["status"] == status]
         if len(part):
             ax.scatter(
-                part["params"] / 1e6, part["best_val_acc"] * 100, marker=marker, label=status
+                part["params"] / unit, part["best_val_acc"] * 100, marker=marker, label=status
             )
-    ax.set_xlabel("trainable parameters (millions)")
+    ax.set_xlabel(f"trainable parameters ({unit_name})")
     ax.set_ylabel("best validation accuracy (%)")
     ax.set_title("Every trial: accuracy against size")
     ax.grid(alpha=0.3)
@@ -196,13 +215,13 @@ def _plot_curves(histories: dict[str, pd.DataFrame], table: pd.DataFrame, path: 
     _save(fig, path)
 
 
-def _plot_importances(importances: dict[str, float], path: Path) -> None:
+def _plot_importances(importances: dict[str, float], basis: str, path: Path) -> None:
     top = sorted(importances, key=importances.get, reverse=True)[:15]
     names = top[::-1]  # most important on top
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel("importance for validation accuracy (PED-ANOVA, all parameters sum to 1)")
-    ax.set_title(f"The {len(names)} parameters that mattered most, over the completed trials")
+    ax.set_title(f"The {len(names)} parameters that mattered most, over {basis}")
     _save(fig, path)
 
 
@@ -251,6 +270,7 @@ def write_report(
     baseline: dict[str, Any] | None,
     settings: dict[str, Any],
     importances: dict[str, float] | None = None,
+    importances_basis: str = "the completed trials",
 ) -> Path:
     """report.md with its plots beside it."""
     exp_dir = Path(exp_dir)
@@ -259,7 +279,7 @@ def write_report(
         _plot_curves(histories, table, exp_dir / "curves.png")
     _plot_rungs(rungs, exp_dir / "rungs.png")
     if importances:
-        _plot_importances(importances, exp_dir / "importances.png")
+        _plot_importances(importances, importances_basis, exp_dir / "importances.png")
 
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     lines = [
@@ -279,20 +299,29 @@ def write_report(
         ]
         if len(frontier):
             lines += [
-                "The Pareto frontier: no other trial is both smaller and more accurate.",
+                "The Pareto frontier: no other trial is both smaller and more accurate. "
+                + STAGES_NOTE,
                 "",
                 _markdown_table(frontier),
                 "",
             ]
         lines += ["## Learning curves", "", "![](curves.png)", ""]
     if importances:
-        lines += ["## Which parameters mattered", "", "![](importances.png)", ""]
+        lines += [
+            "## Which parameters mattered",
+            "",
+            f"Optuna's PED-ANOVA importances over {importances_basis}: how much of the "
+            "difference between the better and the other trials each parameter explains.",
+            "",
+            "![](importances.png)",
+            "",
+        ]
     elif importances is not None:
         lines += [
             "## Which parameters mattered",
             "",
-            "Too few completed trials to tell (fewer than 5, or no parameter common to them); "
-            "run more trials.",
+            "Too few trials to tell (fewer than 5 that reported an epoch, or no parameter "
+            "common to them); run more trials.",
             "",
         ]
     lines += ["## ASHA rungs", "", "![](rungs.png)", ""]
@@ -325,21 +354,30 @@ def write_report(
         if final.get("ensemble_test_acc") is not None:
             lines.append(f"- the seeds' averaged predictions: {final['ensemble_test_acc']:.2%}")
         lines.append("")
-    lines += ["## Files", ""]
-    lines += ["- `trials.parquet`: one row per trial (pandas.read_parquet)"]
+    lines += ["## Files", "", *_file_lines(exp_dir, final), ""]
+    return write_text(exp_dir / "report.md", "\n".join(lines))
+
+
+def _file_lines(exp_dir: Path, final: dict[str, Any] | None) -> list[str]:
+    """What the experiment folder holds, as far as it exists."""
+    lines = []
+    if (exp_dir / "trials.parquet").exists():
+        lines.append("- `trials.parquet`: one row per trial (pandas.read_parquet)")
     if (exp_dir / "study.db").exists():
         lines.append(
             f"- `study.db`: the Optuna study (`optuna-dashboard sqlite:///{exp_dir}/study.db`, "
             f"or `optuna.load_study(study_name={exp_dir.name!r}, "
             f"storage='sqlite:///{exp_dir}/study.db')`)"
         )
-    lines += [
-        "- `best_config.json`: the chosen configuration",
-        "- `final/`: retrained checkpoints, metrics.json, predictions.csv",
-        f"- TensorBoard: `tensorboard --logdir {exp_dir}`",
-        "",
-    ]
-    return write_text(exp_dir / "report.md", "\n".join(lines))
+    if (exp_dir / "best_config.json").exists():
+        lines.append("- `best_config.json`: the chosen configuration")
+    if final:
+        retrained = "- `final/`: each retrain seed's `seed_*/checkpoint.pt`, `metrics.json`"
+        if final.get("predictions"):
+            retrained += ", `predictions.csv`"
+        lines.append(retrained)
+    lines.append(f"- TensorBoard: `tensorboard --logdir {exp_dir}`")
+    return lines
 
 
 def gpu_minutes(best: dict[str, Any] | None, final: dict[str, Any] | None) -> float | None:

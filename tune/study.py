@@ -88,21 +88,48 @@ def close_study(storage: ExperimentStorage, max_epochs: int) -> optuna.Study | N
     return study
 
 
-MIN_TRIALS_FOR_IMPORTANCES = 5  # fewer completed trials than this say nothing reliable
+MIN_TRIALS_FOR_IMPORTANCES = 5  # fewer trials than this say nothing reliable
 
 
-def param_importances(study: optuna.Study) -> dict[str, float]:
-    """How much each parameter mattered to the validation accuracy of the completed trials
-    (Optuna's PED-ANOVA, which needs no extra packages), most important first; empty when
-    there are too few completed trials to tell."""
+def param_importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+    """(How much each parameter mattered to the validation accuracy, most important first;
+    which trials that was measured over). Optuna's PED-ANOVA, which needs no extra packages,
+    over the completed trials; with too few of those (a short search, where ASHA stopped most
+    trials), over every trial at the latest epoch that all trials with a value reached (at
+    least the first rung), by their accuracy there. Empty when there are too few trials."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) >= MIN_TRIALS_FOR_IMPORTANCES:
+        return _ped_anova(study), f"the {len(complete)} completed trials"
+    reported = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if t.intermediate_values
+    ]
+    if len(reported) < MIN_TRIALS_FOR_IMPORTANCES:
+        return {}, ""
+    epoch = min(max(t.intermediate_values) for t in reported)
+    at_epoch = optuna.create_study(direction="maximize")
+    at_epoch.add_trials(
+        [
+            optuna.trial.create_trial(
+                params=t.params,
+                distributions=t.distributions,
+                value=t.intermediate_values[epoch],
+            )
+            for t in reported
+            if epoch in t.intermediate_values
+        ]
+    )
+    importances = _ped_anova(at_epoch)
+    return importances, f"all {len(at_epoch.trials)} trials at epoch {epoch}" if importances else ""
+
+
+def _ped_anova(study: optuna.Study) -> dict[str, float]:
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < MIN_TRIALS_FOR_IMPORTANCES:
-        return {}
     try:
         with warnings.catch_warnings():  # experimental-API and few-trials warnings
             warnings.simplefilter("ignore")
             return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
-    except (ValueError, RuntimeError):  # e.g. no parameter common to the completed trials
+    except (ValueError, RuntimeError):  # e.g. no parameter common to the trials
         return {}

@@ -1,0 +1,52 @@
+"""What the search's Optuna study records and what the report draws from it."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from tune.study import MIN_TRIALS_FOR_IMPORTANCES, param_importances
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _trial(lr: float, width: float, curve: list[float], state: TrialState):
+    return create_trial(
+        params={"lr": lr, "width": width},
+        distributions={"lr": FloatDistribution(0.01, 1.0), "width": FloatDistribution(0, 1)},
+        value=curve[-1] if state == TrialState.COMPLETE else None,
+        intermediate_values=dict(enumerate(curve, start=1)),
+        state=state,
+    )
+
+
+def test_importances_come_from_a_rung_every_trial_reached_when_few_completed():
+    study = optuna.create_study(direction="maximize")
+    # Accuracy follows the learning rate alone; ASHA stopped most trials after epoch 2.
+    trials = [
+        _trial(lr, w, [lr / 2, lr], TrialState.PRUNED)
+        for lr, w in [(0.02, 0.3), (0.05, 0.9), (0.1, 0.1), (0.3, 0.6), (0.6, 0.4), (0.8, 0.8)]
+    ]
+    trials.append(_trial(0.9, 0.5, [0.45, 0.9, 0.95, 0.97], TrialState.COMPLETE))
+    study.add_trials(trials)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) < MIN_TRIALS_FOR_IMPORTANCES
+
+    importances, basis = param_importances(study)
+    assert basis == "all 7 trials at epoch 2"
+    assert max(importances, key=importances.get) == "lr"
+
+
+def test_importances_use_the_completed_trials_when_there_are_enough():
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(
+        [_trial(lr, 1 - lr, [lr], TrialState.COMPLETE) for lr in (0.1, 0.2, 0.4, 0.6, 0.8, 0.9)]
+    )
+    importances, basis = param_importances(study)
+    assert basis == "the 6 completed trials" and importances
+
+
+def test_no_importances_from_too_few_trials():
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([_trial(0.1 * i, 0.5, [0.1 * i], TrialState.PRUNED) for i in range(1, 4)])
+    assert param_importances(study) == ({}, "")
