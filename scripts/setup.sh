@@ -13,5 +13,7 @@ export PIP_CONFIG_FILE=/dev/null
 unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_INDEX_URL
 python -m pip install -q --upgrade pip
 # constraints.txt: the torch that the Docker image installs too.
-python -m pip install -q -c constraints.txt -e '.[dev]'
+# PYTHONWARNINGS: setuptools' build backend warns at length about editable installs (that a
+# folder named like a package shadows it: here that is the point).
+PYTHONWARNINGS=ignore python -m pip install -q -c constraints.txt -e '.[dev]'
 python -c "import torch, torchvision; torchvision.ops.nms; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"

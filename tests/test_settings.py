@@ -66,3 +66,48 @@ def test_settings_from_another_version_are_refused_with_a_clear_error(tmp_path):
     message = str(err.value)
     assert "search_settings.json" in message and "retired_option" in message
     assert "another --name" in message
+
+
+def test_help_answers_without_importing_torch_or_ray():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tune.search import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted({'torch', 'ray', 'optuna'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "--storage-path" in out.stdout  # the help printed
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]
+
+
+def test_the_default_budget_written_in_the_cli_is_the_models_one():
+    from models import DEFAULT_BUDGET
+
+    assert FULL.budget == DEFAULT_BUDGET
+
+
+@pytest.mark.parametrize(
+    "flag", ["--reduction-factor", "--cpus-per-trial", "--storage-path", "--seed"]
+)
+def test_help_shows_the_defaults(flag, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    after = text.rsplit(f" {flag} ", 1)[1].split(" --", 1)[0]  # its line in the options
+    assert "(default:" in after, after
+
+
+def test_rays_token_is_made_readable_by_its_owner_alone(tmp_path):
+    from tune.runner import keep_token_private
+
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    token.chmod(0o644)  # as Ray writes it under the usual umask
+    keep_token_private(token)
+    assert token.stat().st_mode & 0o777 == 0o600

@@ -8,9 +8,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from models import DEFAULT_BUDGET
-from search_spaces import SPACES, get_space, list_spaces
 from training.logs import add_verbosity_flags
+
+# Nothing here imports torch or Ray (models and search_spaces import torch): `--help` and a
+# mistyped option answer at once. So the default budget is written out; a test checks that it
+# is models.DEFAULT_BUDGET.
+FULL_BUDGET = 5_000_000
 
 
 class UsageError(ValueError):
@@ -31,7 +34,7 @@ class Defaults:
 
 
 FULL = Defaults(
-    budget=DEFAULT_BUDGET,
+    budget=FULL_BUDGET,
     num_samples=64,
     max_epochs=30,
     grace_period=4,
@@ -117,9 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--max-epochs", type=int, help=f"epochs of a trial ({_both('max_epochs')})")
     a("--grace-period", type=int, help=f"ASHA: epochs before a stop ({_both('grace_period')})")
-    a("--reduction-factor", type=int, default=2, help="ASHA: keep 1/this many at each rung")
+    a(
+        "--reduction-factor",
+        type=int,
+        default=2,
+        help="ASHA: keep 1/this many at each rung (default: %(default)s)",
+    )
     a("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (1; 0 on CPU)")
-    a("--cpus-per-trial", type=float, default=1, help="CPUs per trial")
+    a("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default: %(default)s)")
     a(
         "--address",
         # A Ray job's driver gets its cluster's address in RAY_ADDRESS.
@@ -134,10 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: what the cluster's declared maximum, else its live nodes, can run; a "
         "resumed search keeps the value it started with)",
     )
-    a("--storage-path", default="experiments", help="local folder or s3:// / gs:// URI")
+    a(
+        "--storage-path",
+        default="experiments",
+        help="where experiments go: a local folder or an s3:// / gs:// URI (default: %(default)s)",
+    )
     a("--name", help="experiment name (default: SPACE-DATE-TIME); an existing one resumes")
     a("--resume", action="store_true", help="continue the experiment --name (or the latest)")
-    a("--seed", type=int, default=0, help="seeds the searcher and, derived, every trial")
+    a(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the searcher and, derived, every trial (default: %(default)s)",
+    )
     a("--retrain-epochs", type=int, help="epochs of the final retrain (default: --max-epochs)")
     a("--retrain-seeds", type=int, help=f"seeds of the final retrain ({_both('retrain_seeds')})")
     a("--predict", help="unlabeled pickle (b'data', b'ids') to write final/predictions.csv for")
@@ -149,11 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def format_space_list() -> str:
+    from search_spaces import SPACES
+
     width = max(map(len, SPACES))
     return "\n".join(f"{name:<{width}}  {s.description}" for name, s in SPACES.items())
 
 
 def validate_args(args: argparse.Namespace) -> None:
+    from search_spaces import SPACES, get_space, list_spaces
+
     if args.space not in SPACES:
         raise UsageError(
             f"unknown search space {args.space!r}; valid spaces: {', '.join(list_spaces())}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from search_spaces import derive_seed, get_space
@@ -33,6 +34,12 @@ def start_ray(address: str | None, quiet: bool = False) -> list[dict[str, Any]]:
         # The embedded local Ray binds every server to the loopback interface, so nothing
         # of it is reachable from outside this machine.
         bind_local_ray_to_loopback()
+        # And it asks for Ray's token (~/.ray/auth_token, made on the first run), so another
+        # user of this machine cannot run code through it either. Said here, it is what Ray
+        # does anyway, without the warning Ray prints when it decides so itself. A cluster
+        # (--address) keeps its own mode, which RAY_AUTH_MODE must match.
+        if os.environ.setdefault("RAY_AUTH_MODE", "token") == "token":
+            logger.info("Ray token authentication on (README: Security)")
     import ray
 
     # No dashboard either way: it would be one more open port with no authentication.
@@ -45,7 +52,20 @@ def start_ray(address: str | None, quiet: bool = False) -> list[dict[str, Any]]:
         log_to_driver=True,
         logging_level=logging.WARNING if quiet else logging.INFO,
     )
+    if not address and os.environ.get("RAY_AUTH_MODE") == "token":
+        keep_token_private(RAY_TOKEN_FILE.expanduser())
     return [n for n in ray.nodes() if n.get("Alive")]
+
+
+RAY_TOKEN_FILE = Path("~/.ray/auth_token")  # where Ray keeps the token it generated
+
+
+def keep_token_private(path: Path) -> None:
+    """Ray writes its token with the process's umask (often readable by everyone); a token
+    others can read guards nothing, so it is made readable by its owner alone."""
+    if path.is_file() and path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+        logger.info("made %s readable by you alone", path)
 
 
 def cluster_gpus(nodes: list[dict[str, Any]]) -> float:
