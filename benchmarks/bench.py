@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -627,6 +627,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="overhead mode: a trial's checkpoint interval in seconds, beside every epoch",
     )
+    p.add_argument(
+        "--packing-targets",
+        choices=["all", "median"],
+        default="all",
+        help="packing: the first preset and the median sample, or the median sample only",
+    )
+    p.add_argument(
+        "--packing-counts", type=int, nargs="+", default=[1, 2, 4], help="concurrent trials"
+    )
+    p.add_argument("--space-samples", type=int, help="networks drawn from the space (300; 6 tiny)")
     p.add_argument("--out", type=Path, default=Path("bench_results.json"))
     p.add_argument("--docs", type=Path, help="markdown file to append a dated section to")
     add_verbosity_flags(p)
@@ -638,7 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level_from_flags(args))
     device = resolve_device(args.device)
     size = TINY if args.tiny or device.type == "cpu" else FULL
-    tiny = size is TINY
+    if args.space_samples:
+        size = replace(size, space_samples=args.space_samples)
+    tiny = size.train_images == TINY.train_images
     models = ["tiny_resnet"] if tiny and args.models == ["efficient_resnet"] else args.models
     space_name = "tiny" if tiny and args.space == "efficient_resnet" else args.space
     budget = args.budget
@@ -730,12 +742,15 @@ def main(argv: list[str] | None = None) -> int:
     if mode in ("all", "packing"):
         results["packing_images"] = size.packing_images
         results["packing"] = {}
-        targets = {models[0]: get_arch(models[0])}
+        targets = {} if args.packing_targets == "median" else {models[0]: get_arch(models[0])}
         if median is not None:
             targets[f"median {space_name} sample"] = ArchConfig.from_dict(median["arch"])
         for label, arch in targets.items():
             logger.info(f"packing {label}:")
-            rows = measure(f"packing {label}", lambda a=arch: bench_packing(a, size, device))
+            rows = measure(
+                f"packing {label}",
+                lambda a=arch: bench_packing(a, size, device, counts=tuple(args.packing_counts)),
+            )
             if rows is not None:
                 results["packing"][label] = rows
     if mode in ("all", "overhead"):
