@@ -614,7 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=MODES, default="all")
     p.add_argument(
-        "--models", nargs="*", default=["efficient_resnet"], help="registered model presets"
+        "--models",
+        nargs="*",
+        help="registered model presets (default: efficient_resnet; tiny_resnet with --tiny)",
     )
     p.add_argument("--space", default="efficient_resnet", help="search space to sample")
     p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="parameter budget")
@@ -651,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.space_samples:
         size = replace(size, space_samples=args.space_samples)
     tiny = size.train_images == TINY.train_images
-    models = ["tiny_resnet"] if tiny and args.models == ["efficient_resnet"] else args.models
+    models = args.models or (["tiny_resnet"] if tiny else ["efficient_resnet"])
     space_name = "tiny" if tiny and args.space == "efficient_resnet" else args.space
     budget = args.budget
     results: dict[str, Any] = {

@@ -438,7 +438,8 @@ def experiment_figures(exp: Path) -> dict[str, Any]:
             t = table.dropna(subset=["started_at", "ended_at"]).sort_values("started_at")
             gaps = t["started_at"].values[1:] - t["ended_at"].values[:-1]
             gaps = [float(g) for g in gaps if g > 0]  # concurrent trials overlap
-            out["median_gap_s"] = statistics.median(gaps) if gaps else None
+            # From one trial function's return to the next one's call (no model build in it)
+            out["median_gap_end_to_start_s"] = statistics.median(gaps) if gaps else None
             out["span_s"] = float(t["ended_at"].max() - t["started_at"].min()) if len(t) else None
     pids, report_s, train_s = set(), 0.0, 0.0
     for trial in exp.glob("trial_*/result.json"):

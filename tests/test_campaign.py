@@ -125,3 +125,22 @@ def test_the_cpu_mode_runs_every_step_within_its_deadline_into_a_folder_that_com
     assert "seed" in (out / "report.md").read_text().lower()
     log = (out / "campaign.log").read_text()
     assert "plan: E = " in log and "done in" in log
+
+
+def test_each_layer_imports_nothing_above_it():
+    """models <- training <- search_spaces <- tune <- benchmarks: the measuring tools live
+    above the library, and no module of a layer imports one of a higher layer."""
+    import ast
+
+    layers = ["models", "training", "search_spaces", "tune", "benchmarks"]
+    for level, package in enumerate(layers):
+        above = set(layers[level + 1 :])
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module]
+                for name in names:
+                    assert name.split(".")[0] not in above, f"{path}: imports {name}"
