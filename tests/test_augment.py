@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import InterpolationMode, v2
 
 from training import augment
 from training.augment import (
@@ -227,10 +230,17 @@ def test_per_batch_path_never_syncs_with_host(monkeypatch: pytest.MonkeyPatch) -
 
     x, labels = random_images(32), torch.arange(32) % 10
     xf = normalize(x)  # builds the cached per-device constants before the patch
+    policies = [
+        dataclasses.replace(FULL, auto_augment=p) for p in ("autoaugment", "trivialaugment")
+    ]
+    for policy in policies:  # and the policies' tables, once per device
+        augment_batch(x, policy, gen())
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     monkeypatch.setattr(torch, "nonzero", forbidden)
     augment_batch(x, FULL, gen())
+    for policy in policies:
+        augment_batch(x, policy, gen())
     normalize(x)
     mix_batch(xf, labels, 10, AugmentConfig(mixup_p=0.5, cutmix_p=0.5), gen(), active=True)
 
@@ -337,3 +347,44 @@ def test_flip_tta_logits_is_mean_of_image_and_mirror() -> None:
         plain, mirrored = model(x), model(x.flip(3))
     assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-6)
     assert not torch.allclose(tta, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", [*v2.TrivialAugmentWide._AUGMENTATION_SPACE, "Invert"])
+def test_each_auto_augment_op_matches_torchvision_per_image(name: str) -> None:
+    """The batched ops against torchvision's own op on each image (nearest, zero fill), over
+    signed magnitudes of every policy's range: geometry and the lookups exactly, the blends
+    up to a rounding step (float order) on a few pixels."""
+    x = random_images(24, seed=3)
+    x[0] = 7  # a constant image: autocontrast and equalize leave it alone
+    reference = v2.TrivialAugmentWide()
+    magnitudes = {
+        "Posterize": [1.0, 4.0, 7.0, 8.0],
+        "Solarize": [0.0, 0.4, 1.0],
+        "TranslateX": [-14.3, 3.0, 32.0],
+        "TranslateY": [-14.3, 3.0, 32.0],
+        "Rotate": [-135.0, 17.0, 90.0],
+    }.get(name, [-0.95, -0.3, 0.0, 0.45, 0.99])
+    for magnitude in magnitudes:
+        got = augment._apply_op(name, x, torch.full((len(x),), magnitude))
+        want = torch.stack(
+            [
+                reference._apply_image_or_video_transform(
+                    image, name, magnitude, InterpolationMode.NEAREST, reference._fill
+                )
+                for image in x
+            ]
+        )
+        diff = (got.int() - want.int()).abs()
+        if name in ("Color", "Contrast", "Brightness", "Sharpness", "AutoContrast"):
+            assert diff.max() <= 1 and (diff > 0).float().mean() < 0.02, (name, magnitude)
+        else:
+            assert torch.equal(got, want), (name, magnitude)
+
+
+def test_auto_augment_draws_an_op_per_image() -> None:
+    """Images of one batch take different ops (torchvision's transform takes one per call)."""
+    x = constant_images(64, 100)
+    x[:, :, :16] = 30  # top half dark: geometric and colour ops change it differently
+    out = augment_batch(x, only(auto_augment="trivialaugment"), gen(1))
+    distinct = {bytes(image.flatten().tolist()) for image in out}
+    assert len(distinct) > 20

@@ -1,9 +1,12 @@
 import json
+import multiprocessing as mp
+import os
+import time
 
 import pytest
 
+from benchmarks import bench
 from models import ArchConfig, count_macs, count_params, get_arch
-from training import bench
 
 
 def test_tiny_benchmark_writes_json_and_appends_a_dated_table_only_when_asked(tmp_path):
@@ -103,3 +106,34 @@ def test_a_failed_measurement_is_recorded_and_the_others_still_run(tmp_path, mon
     assert set(row["variants"]) == set(bench.VARIANTS) and "usual" not in row
     text = docs.read_text()
     assert "failed" in text and "**Failed**: tiny_resnet: usual loop" in text
+
+
+@pytest.mark.parametrize(
+    ("target", "args", "reason"),
+    [(os._exit, (3,), "died with exit code 3"), (time.sleep, (60,), "still running after 1 s")],
+)
+def test_a_dead_or_stuck_packed_trial_is_reported_not_waited_for(target, args, reason):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args)]
+    procs[0].start()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=reason):
+        bench._collect(procs, ctx.Queue(), timeout_s=1.0)
+    assert time.monotonic() - started < 20 and not procs[0].is_alive()
+
+
+def test_overhead_mode_measures_the_trials_report_and_checkpoints_per_epoch(tmp_path):
+    out, docs = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    argv = ["--tiny", "--mode", "overhead", "--checkpoint-every", "1000"]
+    assert bench.main([*argv, "--out", str(out), "--docs", str(docs)]) == 0
+    overhead = json.loads(out.read_text())["overhead"]
+    assert overhead["model"] == "tiny_resnet"
+    rows = overhead["rows"]
+    assert [r["checkpoint_every_s"] for r in rows] == [0.0, 1000.0, 0.0, 1000.0]
+    epochs = bench.TINY.overhead_epochs
+    for r in rows:
+        # Every epoch, or only after the last one when the interval is longer than the run.
+        assert r["checkpoints"] == (epochs if r["checkpoint_every_s"] == 0 else 1)
+        assert r["share"] == pytest.approx(r["report_seconds_per_epoch"] / r["epoch_seconds"])
+        assert r["report_seconds_per_epoch"] > 0
+    assert "| 1000 s | 4 | 1 |" in docs.read_text()

@@ -59,6 +59,7 @@ def faulty_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.Da
         "--space", "tiny", "--data", str(data), "--num-samples", "5",
         "--max-epochs", str(MAX_EPOCHS), "--grace-period", str(MAX_EPOCHS), "--subset", "300",
         "--skip-retrain", "--storage-path", str(root / "exp"), "--name", "faults",
+        "--checkpoint-every", "0",  # the killed trial restarts from its last epoch's checkpoint
     ]  # fmt: skip
     run = search(args, root / "run", env={"RESNET_TUNE_FAULTS": json.dumps(FAULTS)})
     check_ok(run)

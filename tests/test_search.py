@@ -309,6 +309,9 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
         "--subset",
         "200",
         "--skip-retrain",
+        # Every epoch checkpointed: the interrupted trial must continue from its last epoch.
+        "--checkpoint-every",
+        "0",
         # One trial at a time (2 CPUs each): the kill must land mid-search, and concurrent
         # tiny trials can finish between two syncs of the results to the storage folder.
         "--cpus-per-trial",

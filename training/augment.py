@@ -2,8 +2,9 @@
 
 Every per-image random choice is drawn as a tensor from the caller's `torch.Generator` and
 applied with masks, index arithmetic and gathers, so the per-batch path never waits on the
-device and a saved generator state replays the exact same augmentations. The one exception is
-the torchvision AutoAugment/TrivialAugment path (see `_auto_augment`).
+device and a saved generator state replays the exact same augmentations. That includes
+torchvision's AutoAugment and TrivialAugment policies, reimplemented here per image on the
+whole batch from torchvision's own tables (see `_auto_augment`).
 
 Order in `augment_batch`: crop + flip (one gather), auto_augment, color jitter, grayscale,
 autocontrast, cutout, random erasing -- the order of the AutoAugment paper's CIFAR pipeline
@@ -12,8 +13,10 @@ autocontrast, cutout, random erasing -- the order of the AutoAugment paper's CIF
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +28,6 @@ from training.config import AugmentConfig
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
-# torchvision's policies draw one op for a whole tensor; this many images share each draw.
-AUTO_AUGMENT_GROUP = 16
 ERASING_RATIO = (0.3, 3.3)  # aspect ratio range of random erasing, as torchvision
 ERASING_TRIES = 10  # size proposals per image, as torchvision; drawn in parallel here
 GAMMA_TRIES = 16  # parallel Marsaglia-Tsang proposals; all rejected has probability < 1e-20
@@ -84,16 +85,196 @@ def crop_flip(
 
 
 def _auto_augment(images: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
-    # torchvision samples its ops from the global CPU RNG. Seeding that from our generator, inside
-    # fork_rng so the caller's global RNG is untouched, makes the policy draws reproducible and
-    # resumable with the generator state. This path syncs with the host (the seed's int() here,
-    # and torchvision's own Python-side sampling); acceptable for an opt-in, CPU-bound transform.
-    seed = int(torch.randint(2**62, (), generator=generator, device=images.device))
+    """torchvision's TrivialAugmentWide or AutoAugment (CIFAR-10 policy) per image, drawn from
+    the caller's generator, without a host sync.
+
+    The images of a batch are split evenly among the policy's ops (TrivialAugment) or
+    sub-policies (AutoAugment) by a random permutation: every image still gets a uniformly
+    drawn op, while the group sizes depend on the batch size alone, so each op runs once per
+    batch on a slice whose size the host knows without asking the device."""
+    n, dev = images.shape[0], images.device
+    table = _policy_tables(policy, images.shape[-2], images.shape[-1], dev)
+    perm = torch.randperm(n, generator=generator, device=dev)
+    shuffled = images.index_select(0, perm)
+    if policy == "trivialaugment":
+        names, magnitudes, signed = table
+        level = torch.randint(magnitudes.shape[1], (n,), generator=generator, device=dev)
+        flip = _rand(n, generator, dev) <= 0.5  # torchvision: rand <= 0.5 negates
+        parts = []
+        for k, (lo, hi) in enumerate(_even_slices(n, len(names))):
+            magnitude = magnitudes[k, level[lo:hi]]
+            if signed[k]:
+                magnitude = torch.where(flip[lo:hi], -magnitude, magnitude)
+            parts.append(_apply_op(names[k], shuffled[lo:hi], magnitude))
+    else:
+        # Stage by stage, the images are reordered (by an order the host derives from the
+        # batch size alone) so that those whose sub-policy has the same op at this stage are
+        # contiguous: one call per distinct op and stage, not one per sub-policy.
+        coins = _rand((n, 2), generator, dev)
+        flips = _rand((n, 2), generator, dev) <= 0.5
+        x = shuffled
+        for stage in range(2):
+            order, runs, magnitude, probability = _autoaugment_stage(
+                n, stage, *images.shape[-2:], dev
+            )
+            signs = torch.where(flips[order, stage] & (magnitude < 0), -1.0, 1.0)
+            applied = coins[order, stage] <= probability
+            xs, parts = x.index_select(0, order), []
+            for name, lo, hi in runs:
+                y = _apply_op(name, xs[lo:hi], magnitude[lo:hi].abs() * signs[lo:hi])
+                parts.append(torch.where(applied[lo:hi].view(-1, 1, 1, 1), y, xs[lo:hi]))
+            x = torch.empty_like(x).index_copy_(0, order, torch.cat(parts))
+        parts = [x]
+    return torch.empty_like(images).index_copy_(0, perm, torch.cat(parts))
+
+
+@lru_cache
+def _autoaugment_stage(
+    n: int, stage: int, height: int, width: int, device: torch.device
+) -> tuple[torch.Tensor, list[tuple[str, int, int]], torch.Tensor, torch.Tensor]:
+    """For a batch of n images split evenly among AutoAugment's sub-policies (in table
+    order): the order that makes the images of each op at `stage` contiguous, those runs
+    (op, lo, hi) in that order, and per image in that order its magnitude (negative: a signed
+    op, whose sign is drawn) and probability."""
+    pairs, magnitudes, signed = _policy_tables("autoaugment", height, width, torch.device("cpu"))
+    policy_of = [k for k, (lo, hi) in enumerate(_even_slices(n, len(pairs))) for _ in range(lo, hi)]
+    order = sorted(range(n), key=lambda i: pairs[policy_of[i]][stage][0])
+    runs = []
+    for i, position in enumerate(order):
+        name = pairs[policy_of[position]][stage][0]
+        if runs and runs[-1][0] == name:
+            runs[-1][2] = i + 1
+        else:
+            runs.append([name, i, i + 1])
+    k = [policy_of[position] for position in order]
+    value = magnitudes[k, stage].abs()
+    sign = torch.tensor([-1.0 if signed[j][stage] else 1.0 for j in k])
+    probability = torch.tensor([pairs[j][stage][1] for j in k])
+    return (
+        torch.tensor(order, device=device),
+        [tuple(r) for r in runs],
+        (value * sign).to(device),
+        probability.to(device),
+    )
+
+
+def _even_slices(n: int, k: int) -> list[tuple[int, int]]:
+    """k consecutive [lo, hi) ranges covering n, their sizes differing by at most one."""
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+@lru_cache
+def _policy_tables(policy: str, height: int, width: int, device: torch.device) -> tuple[Any, ...]:
+    """torchvision's own tables of `policy`: for TrivialAugment the op names, their magnitude
+    bins (a tensor on `device`) and whether each is signed; for AutoAugment each sub-policy's
+    two (op, probability) pairs, their magnitudes (a tensor) and signs."""
     transform = _AUTO_AUGMENTS[policy]
-    with torch.random.fork_rng(devices=[]):
-        # Not torch.manual_seed: that would also reseed every CUDA generator, outside the fork.
-        torch.default_generator.manual_seed(seed)
-        return torch.cat([transform(group) for group in images.split(AUTO_AUGMENT_GROUP)])
+    space = transform._AUGMENTATION_SPACE
+
+    def magnitudes(name: str, bins: int) -> tuple[torch.Tensor, bool]:
+        make, signed = space[name]
+        values = make(bins, height, width)
+        if values is None or not values.ndim:  # an op without a magnitude
+            return torch.zeros(bins), False
+        return values.float(), signed
+
+    if policy == "trivialaugment":
+        names = list(space)
+        rows = [magnitudes(name, transform.num_magnitude_bins) for name in names]
+        return names, torch.stack([m for m, _ in rows]).to(device), [s for _, s in rows]
+    pairs, values, signs = [], [], []
+    for pair in transform._policies:
+        pairs.append([(name, p) for name, p, _ in pair])
+        row = [magnitudes(name, 10) for name, _, _ in pair]  # AutoAugment's 10 bins
+        values.append([float(m[level]) if level is not None else 0.0
+                       for (m, _), (_, _, level) in zip(row, pair, strict=True)])  # fmt: skip
+        signs.append([signed for _, signed in row])
+    return pairs, torch.tensor(values, device=device), signs
+
+
+def _affine_theta(name: str, magnitude: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Per image, the inverse affine matrix (N, 2, 3) that torchvision's F.affine / F.rotate
+    build for a geometric op, as its _get_inverse_affine_matrix computes it."""
+    m = magnitude.double()
+    zero = torch.zeros_like(m)
+    rot = torch.deg2rad(-m) if name == "Rotate" else zero  # F.rotate passes -angle
+    sx = torch.atan(m) if name == "ShearX" else zero
+    sy = torch.atan(m) if name == "ShearY" else zero
+    tx = m.trunc() if name == "TranslateX" else zero
+    ty = m.trunc() if name == "TranslateY" else zero
+    # The shears are about the top-left corner (center=[0, 0] in torchvision's pixel terms).
+    shear = name in ("ShearX", "ShearY")
+    cx, cy = (-0.5 * w, -0.5 * h) if shear else (0.0, 0.0)
+    a = torch.cos(rot - sy) / torch.cos(sy)
+    b = -torch.cos(rot - sy) * torch.tan(sx) / torch.cos(sy) - torch.sin(rot)
+    c = torch.sin(rot - sy) / torch.cos(sy)
+    d = -torch.sin(rot - sy) * torch.tan(sx) / torch.cos(sy) + torch.cos(rot)
+    m0, m1, m3, m4 = d, -b, -c, a
+    m2 = m0 * (-cx - tx) + m1 * (-cy - ty) + cx
+    m5 = m3 * (-cx - tx) + m4 * (-cy - ty) + cy
+    return torch.stack([m0, m1, m2, m3, m4, m5], dim=1).view(-1, 2, 3).float()
+
+
+def _apply_op(name: str, images: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """torchvision's auto-augment op `name` on uint8 images (nearest interpolation, zero fill),
+    each image with its own magnitude, as `_AutoAugmentBase._apply_image_or_video_transform`
+    does it one call per magnitude."""
+    n, c, h, w = images.shape
+    dev = images.device
+    if name == "Identity" or n == 0:
+        return images
+    if name in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
+        # One grid_sample for the slice, with the grid torchvision's _affine_grid builds.
+        theta = _affine_theta(name, magnitude, h, w)
+        xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=dev)
+        ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=dev)
+        base = torch.stack(
+            [xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=dev)], dim=-1
+        ).view(1, h * w, 3)
+        scale = torch.tensor([0.5 * w, 0.5 * h], device=dev)
+        grid = base.expand(n, -1, -1).bmm(theta.transpose(1, 2) / scale).view(n, h, w, 2)
+        x = F.grid_sample(images.float(), grid, mode="nearest", align_corners=False)
+        return x.round().to(torch.uint8)
+    if name == "Posterize":
+        bits = magnitude.trunc().clamp(0, 8).long().view(n, 1, 1, 1)
+        return images & ((255 << (8 - bits)) & 255).to(torch.uint8)  # the top `bits` bits
+    if name == "Solarize":
+        threshold = 255.0 * magnitude.view(n, 1, 1, 1)
+        return torch.where(images >= threshold, 255 - images, images)
+    if name == "Invert":
+        return 255 - images
+    if name == "Equalize":
+        return v2.functional.equalize(images)  # batched already, per image and channel
+    x = images.float()
+    if name == "AutoContrast":
+        lo = x.amin(dim=(2, 3), keepdim=True)
+        hi = x.amax(dim=(2, 3), keepdim=True)
+        flat = hi == lo  # constant channels are left alone
+        inv_scale = torch.where(flat, 1.0, (hi - lo) * (1.0 / 255.0))
+        return ((x - torch.where(flat, 0.0, lo)) / inv_scale).clamp(0, 255).to(torch.uint8)
+    # The blends toward a degenerate image by factor f = 1 + magnitude, in float64 first and
+    # then rounded, as torchvision's Python floats are; clamped and truncated as its _blend.
+    factor = 1.0 + magnitude.double().view(n, 1, 1, 1)
+    ratio, rest = factor.float(), (1.0 - factor).float()
+    if name == "Sharpness":
+        # x + (1 - f) * (blur - x) inside the border, whose pixels stay, as torchvision writes it
+        # Its 3x3 kernel (1 around a 5, over 13) as a box sum plus 4 x the centre: pooling
+        # is far faster than a depthwise convolution on CPUs.
+        inner = x[:, :, 1:-1, 1:-1]
+        blurred = ((9.0 * F.avg_pool2d(x, 3, stride=1) + 4.0 * inner) / 13.0).round()
+        out = x.clone()
+        out[:, :, 1:-1, 1:-1] = inner + rest * (blurred - inner)
+        return out.clamp(0, 255).to(torch.uint8)
+    if name == "Brightness":
+        degenerate = torch.zeros((), device=dev)
+    elif name in ("Color", "Contrast"):
+        degenerate = (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).floor()
+        if name == "Contrast":
+            degenerate = degenerate.mean(dim=(1, 2, 3), keepdim=True)
+    else:
+        raise ValueError(f"unknown auto-augment op {name!r}")
+    return (x * ratio + degenerate * rest).clamp(0, 255).to(torch.uint8)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -263,7 +444,7 @@ def mix_batch(
     cutmix_lam = 1.0 - box.sum() / (h * w)
 
     lam = mixup_lam * cutmix_lam  # at most one of the two differs from 1
-    shuffled = images[perm]
+    shuffled = images.index_select(0, perm)
     weight = mixup_lam.to(images.dtype)
     mixed = torch.where(box, shuffled, weight * images + (1.0 - weight) * shuffled)
     return mixed, lam * targets + (1.0 - lam) * targets[perm]

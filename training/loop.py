@@ -6,8 +6,7 @@ Why it looks like this:
 - The training images stay on the device as uint8 and every batch is gathered by index
   and augmented there, so no DataLoader, worker process or host copy sits in the step.
 - Losses and accuracies accumulate in device tensors; the host reads them once an epoch.
-  Nothing in the step loop waits for the device (no `.item()`), except the optional
-  AutoAugment policies, which torchvision implements with host-side randomness.
+  Nothing in the step loop waits for the device (no `.item()`), AutoAugment included.
 - All randomness comes from one seeded device generator (shuffles, augmentation, mixing)
   plus torch's global RNG (dropout); both are checkpointed, so a resumed run continues
   exactly where it stopped.

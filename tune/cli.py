@@ -143,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         "resumed search keeps the value it started with)",
     )
     a(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a trial checkpoints at most this often and after its last epoch, so a killed "
+        "trial loses at most this much (default: %(default)g; 0: every epoch)",
+    )
+    a(
         "--storage-path",
         default="experiments",
         help="where experiments go: a local folder or an s3:// / gs:// URI (default: %(default)s)",
@@ -192,6 +200,8 @@ def validate_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} is {value}; it must be a positive number")
+    if args.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every is {args.checkpoint_every}; it must be 0 or more")
     if args.reduction_factor < 2:
         raise UsageError(f"--reduction-factor is {args.reduction_factor}; it must be at least 2")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:

@@ -5,6 +5,7 @@ Works on plain records (no Ray), so it can be tested and re-run on a finished ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -60,6 +61,21 @@ def epoch_rows(history: pd.DataFrame) -> pd.DataFrame:
     return history
 
 
+def _trial_times(path: str, history: pd.DataFrame) -> dict[str, float]:
+    times: dict[str, Any] = {}
+    file = Path(path) / "trial_times.json" if path and "://" not in path else None
+    if file is not None and file.is_file():
+        with contextlib.suppress(ValueError):
+            times = json.loads(file.read_text())
+    started = times.get("started_at")
+    if started is None and "started_at" in history and history["started_at"].notna().any():
+        started = history["started_at"].dropna().iloc[0]
+    return {
+        "started_at": float(started) if started is not None else math.nan,
+        "ended_at": float(times.get("ended_at", math.nan)),
+    }
+
+
 def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
     """One row per trial: status, parameter count, accuracies, epochs, time, config."""
     rows = []
@@ -97,6 +113,9 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
             "train_seconds": float(h["train_seconds"].iloc[-1])
             if "train_seconds" in h and len(h)
             else 0.0,
+            # Wall-clock seconds since the epoch: when the trial's function began and returned
+            # (its trial_times.json; NaN where the trial's folder is not on this machine).
+            **_trial_times(r.path, h),
             "images_per_sec": float(h["images_per_sec"].mean())
             if "images_per_sec" in h and len(h)
             else 0.0,

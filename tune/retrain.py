@@ -28,6 +28,18 @@ from tune.storage import ExperimentStorage
 logger = logging.getLogger(__name__)
 
 
+def checked_device(device: str) -> torch.device:
+    """The retrain's device; one that was given a GPU and sees none fails here, with the
+    reason, rather than training on the CPU unnoticed (on a lent GPU that spends the lease)."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            "the retrain was given a GPU (--gpus-per-trial > 0) but sees no CUDA device (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda}); fix the GPU setup, "
+            "or pass --gpus-per-trial 0 to retrain on CPUs"
+        )
+    return resolve_device(device)
+
+
 def concat_sets(a: ImageSet, b: ImageSet) -> ImageSet:
     return ImageSet(
         torch.cat([a.images, b.images]),
@@ -69,7 +81,7 @@ def retrain_seed(
         seed_cfg,
         splits,
         folder,
-        device=str(resolve_device(device)),
+        device=str(checked_device(device)),
         resume=resume,
         extra=extra,
     )
@@ -93,7 +105,7 @@ def summarize(
 ) -> dict[str, Any]:
     """out/metrics.json over the seeds' runs (test accuracy per seed, mean, std, the seeds'
     averaged predictions) and, given `predict`, out/predictions.csv from those averages."""
-    device_obj = resolve_device(device)
+    device_obj = checked_device(device)
     accs = [r["test_acc"] for r in per_seed]
     seconds = sum(r["seconds"] for r in per_seed)
     metrics: dict[str, Any] = {
@@ -121,6 +133,8 @@ def summarize(
         model_from_checkpoint(load_checkpoint(c, map_location=device_obj), device_obj)
         for c in metrics["checkpoints"]
     ]
+    if device_obj.type == "cuda" and cfg.channels_last:  # as the seeds trained
+        models = [m.to(memory_format=torch.channels_last) for m in models]
     if len(models) > 1:  # one seed's own test accuracy is already measured
         test_logits = _mean_logits(models, test.images, cfg, device_obj)
         metrics["ensemble_test_acc"] = (
@@ -172,7 +186,13 @@ def _mean_logits(models: list, images: torch.Tensor, cfg: TrainConfig, device) -
     return torch.stack(
         [
             predict_logits(
-                m, images, batch_size=cfg.eval_batch_size, tta_flip=cfg.tta_flip, device=device
+                m,
+                images,
+                batch_size=cfg.eval_batch_size,
+                tta_flip=cfg.tta_flip,
+                device=device,
+                bf16=cfg.bf16,
+                channels_last=cfg.channels_last,
             )
             for m in models
         ]
@@ -198,6 +218,7 @@ def retrain_seed_in_storage(
     what an interrupted retrain of this seed left there, and copies its folder back."""
     configure_logging(log_level)
     torch.set_num_threads(threads)
+    checked_device(device)  # before anything is fetched
     storage = ExperimentStorage(storage_path, name)
     folder = f"final/seed_{seed}"
     storage.pull(folder)

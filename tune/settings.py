@@ -47,6 +47,8 @@ class SearchSettings:
     predict: str | None  # unlabeled pickle to predict after the retrain
     reduced: str  # why and how the run was reduced, or ""
     time_budget_s: float | None = None  # no trial starts after this many seconds; None = none
+    # A trial checkpoints at most this often (seconds) and after its last epoch; 0: every epoch
+    checkpoint_every_s: float = 60.0
 
     @property
     def storage(self) -> ExperimentStorage:
@@ -166,6 +168,7 @@ def resolve_settings(
         predict=str(Path(args.predict).resolve()) if args.predict else None,
         reduced="" if defaults is FULL else reduced_message(args),
         time_budget_s=args.time_budget,
+        checkpoint_every_s=getattr(args, "checkpoint_every", 60.0),
     )
 
 

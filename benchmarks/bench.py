@@ -1,11 +1,12 @@
 """Training and evaluation speed: this project's loop against the usual notebook loop.
 
-    python -m training.bench                   # everything below, on the GPU
-    python -m training.bench --mode models     # the presets: our loop, ablations, usual loop
-    python -m training.bench --mode space      # the default space's largest samples
-    python -m training.bench --mode packing    # 1, 2 and 4 concurrent trials on one GPU
-    python -m training.bench --mode profile    # the top kernels and the GPU's busy share
-    python -m training.bench --tiny            # a tiny CPU version (what CI runs), no timing claims
+    python -m benchmarks.bench                   # everything below, on the GPU
+    python -m benchmarks.bench --mode models     # the presets: our loop, ablations, usual loop
+    python -m benchmarks.bench --mode space      # the default space's largest samples
+    python -m benchmarks.bench --mode packing    # 1, 2 and 4 concurrent trials on one GPU
+    python -m benchmarks.bench --mode profile    # the top kernels and the GPU's busy share
+    python -m benchmarks.bench --mode overhead   # a trial's per-epoch report + checkpoint cost
+    python -m benchmarks.bench --tiny            # a tiny CPU version (what CI runs), no timing claims
 
 For each preset: training images/s and seconds per epoch of `training.loop.train` (data
 resident on the device, whole-batch augmentation, bf16, channels_last), the same without
@@ -29,9 +30,10 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,10 @@ from training.logs import add_verbosity_flags, configure_logging, level_from_fla
 from training.loop import TrainState, predict_logits, resolve_device, train
 from training.recipes import get_recipe
 
-logger = logging.getLogger("training.bench")
+logger = logging.getLogger("benchmarks.bench")
 
-MODES = ("all", "models", "space", "packing", "profile")
+MODES = ("all", "models", "space", "packing", "profile", "overhead")
+PACKING_TIMEOUT_S = 600.0  # a packed trial that has not finished by then is reported and ended
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class BenchSize:
     profile_images: int  # images of the profiled epoch
     space_samples: int  # networks drawn from the search space
     space_top: int  # of those, the ones with the most multiply-adds that are timed
+    overhead_epochs: int = 4  # epochs of the report + checkpoint overhead measurement
 
 
 FULL = BenchSize(
@@ -308,14 +312,56 @@ def _packed_worker(
         raise
 
 
-def bench_packing(arch: ArchConfig, size: BenchSize, device: torch.device) -> list[dict[str, Any]]:
+def _collect(procs: list[Any], results: Any, timeout_s: float) -> list[Any]:
+    """One outcome per packed trial, waiting at most `timeout_s` in all. A child that died
+    without one (killed, out of memory, a crash in native code) or ran past the timeout is
+    reported at once; the remaining children are ended, never waited for."""
+    import queue
+
+    deadline = time.monotonic() + timeout_s
+    outcomes: list[Any] = []
+    try:
+        while len(outcomes) < len(procs):
+            try:
+                outcomes.append(results.get(timeout=0.5))
+                continue
+            except queue.Empty:
+                pass
+            dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+            if dead:
+                raise RuntimeError(
+                    f"a packed trial died with exit code {dead[0].exitcode} before reporting "
+                    f"({len(outcomes)} of {len(procs)} reported)"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"packed trials still running after {timeout_s:.0f} s "
+                    f"({len(outcomes)} of {len(procs)} reported); ended them"
+                )
+    finally:
+        for p in procs:
+            p.join(timeout=5 if len(outcomes) == len(procs) else 0.1)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+    return outcomes
+
+
+def bench_packing(
+    arch: ArchConfig,
+    size: BenchSize,
+    device: torch.device,
+    timeout_s: float = PACKING_TIMEOUT_S,
+    counts: tuple[int, ...] = (1, 2, 4),
+) -> list[dict[str, Any]]:
     """Total training images/s with 1, 2 and 4 trials sharing the device at once, counted
-    from the first timed epoch's start to the last one's end (no credit for stragglers)."""
+    from the first timed epoch's start to the last one's end (no credit for stragglers).
+    Each count's trials get at most `timeout_s` (see `_collect`)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     rows = []
-    for k in (1, 2, 4):
+    for k in counts:
         barrier, results = ctx.Barrier(k), ctx.Queue()
         procs = [
             ctx.Process(
@@ -325,9 +371,7 @@ def bench_packing(arch: ArchConfig, size: BenchSize, device: torch.device) -> li
         ]
         for p in procs:
             p.start()
-        outcomes = [results.get() for _ in procs]
-        for p in procs:
-            p.join()
+        outcomes = _collect(procs, results, timeout_s)
         failed = [o for o in outcomes if isinstance(o, str)]
         if failed:
             raise RuntimeError(f"a packed trial failed: {failed[0]}")
@@ -348,6 +392,52 @@ def pick_gpus_per_trial(packing_rows: list[dict[str, Any]], min_gain: float = 1.
         if row["total_images_per_sec"] >= min_gain * best["total_images_per_sec"]:
             best = row
     return 1.0 / best["concurrent"]
+
+
+# --- What a search trial adds to each epoch: its report and checkpoints.
+
+
+def bench_overhead(
+    arch: ArchConfig, size: BenchSize, device: torch.device, epochs: int, every_s: float
+) -> dict[str, Any]:
+    """A search trial's per-epoch callback (`tune.trainable.EpochReporter`: TensorBoard
+    scalars, the metrics, a checkpoint when due) around `epochs` epochs of our loop, with
+    checkpoints every `every_s` seconds (0: every epoch, as trials did before). Ray's own
+    report round trip is not in it (no Ray here); searches record it per trial as
+    `report_seconds`. The share is the callback's seconds over the epochs' seconds."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tune.trainable import EpochReporter
+
+    cfg = _bench_config(size, size.train_images, epochs=epochs)
+    data = DataSplits(train=random_set(size.train_images))
+    sent: list[bool] = []
+    epoch_seconds: list[float] = []
+    with tempfile.TemporaryDirectory() as folder:
+        writer = SummaryWriter(folder)
+        reporter = EpochReporter(
+            writer,
+            lambda metrics, checkpoint=None: sent.append(checkpoint is not None),
+            last_epoch=epochs,
+            checkpoint_every_s=every_s,
+            extra={"node_id": "bench", "device": str(device)},
+        )
+
+        def report(metrics: dict[str, float], state: TrainState) -> None:
+            epoch_seconds.append(metrics["epoch_seconds"])
+            reporter(metrics, state)
+
+        train(arch, cfg, data, report=report, device=device)
+        writer.close()
+    train_seconds = sum(epoch_seconds)
+    return {
+        "checkpoint_every_s": every_s,
+        "epochs": epochs,
+        "checkpoints": sum(sent),
+        "epoch_seconds": train_seconds / epochs,
+        "report_seconds_per_epoch": reporter.seconds / epochs,
+        "share": reporter.seconds / train_seconds,
+    }
 
 
 # --- Where the time of one epoch goes.
@@ -473,6 +563,21 @@ def format_tables(results: dict[str, Any]) -> str:
                     f"| {label} | {row['concurrent']} | {row['total_images_per_sec']:,.0f} | "
                     f"{row['total_images_per_sec'] / base:.2f}x |"
                 )
+    if results.get("overhead", {}).get("rows"):
+        o = results["overhead"]
+        lines += [
+            "",
+            f"A search trial's report + checkpoint per epoch, `{o['model']}` (no Ray round trip):",
+            "",
+            "| checkpoint every | epochs | checkpoints | s/epoch | report s/epoch | share |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in o["rows"]:
+            every = "epoch" if r["checkpoint_every_s"] <= 0 else f"{r['checkpoint_every_s']:g} s"
+            lines.append(
+                f"| {every} | {r['epochs']} | {r['checkpoints']} | {r['epoch_seconds']:.3f} | "
+                f"{r['report_seconds_per_epoch']:.4f} | {r['share']:.2%} |"
+            )
     if results.get("profile"):
         p = results["profile"]
         lines += [
@@ -488,7 +593,7 @@ def format_tables(results: dict[str, Any]) -> str:
 
 
 def append_docs(results: dict[str, Any], path: Path) -> None:
-    header = "# Benchmarks\n\nEach section was written by `python -m training.bench`.\n"
+    header = "# Benchmarks\n\nEach section was written by `python -m benchmarks.bench`.\n"
     old = path.read_text() if path.exists() else header
     section = (
         f"\n## {results['date']} on {results['device']}\n\n"
@@ -503,19 +608,37 @@ def append_docs(results: dict[str, Any], path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.bench",
+        prog="python -m benchmarks.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--mode", choices=MODES, default="all")
     p.add_argument(
-        "--models", nargs="*", default=["efficient_resnet"], help="registered model presets"
+        "--models",
+        nargs="*",
+        help="registered model presets (default: efficient_resnet; tiny_resnet with --tiny)",
     )
     p.add_argument("--space", default="efficient_resnet", help="search space to sample")
     p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="parameter budget")
     p.add_argument("--tiny", action="store_true", help="tiny CPU run for CI; no timing claims")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true", help="add a torch.compile variant")
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        help="overhead mode: a trial's checkpoint interval in seconds, beside every epoch",
+    )
+    p.add_argument(
+        "--packing-targets",
+        choices=["all", "median"],
+        default="all",
+        help="packing: the first preset and the median sample, or the median sample only",
+    )
+    p.add_argument(
+        "--packing-counts", type=int, nargs="+", default=[1, 2, 4], help="concurrent trials"
+    )
+    p.add_argument("--space-samples", type=int, help="networks drawn from the space (300; 6 tiny)")
     p.add_argument("--out", type=Path, default=Path("bench_results.json"))
     p.add_argument("--docs", type=Path, help="markdown file to append a dated section to")
     add_verbosity_flags(p)
@@ -527,14 +650,16 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level_from_flags(args))
     device = resolve_device(args.device)
     size = TINY if args.tiny or device.type == "cpu" else FULL
-    tiny = size is TINY
-    models = ["tiny_resnet"] if tiny and args.models == ["efficient_resnet"] else args.models
+    if args.space_samples:
+        size = replace(size, space_samples=args.space_samples)
+    tiny = size.train_images == TINY.train_images
+    models = args.models or (["tiny_resnet"] if tiny else ["efficient_resnet"])
     space_name = "tiny" if tiny and args.space == "efficient_resnet" else args.space
     budget = args.budget
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "device": device_name(device),
-        "command": "python -m training.bench "
+        "command": "python -m benchmarks.bench "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "code_version": code_version(),
         "torch": torch.__version__,
@@ -619,14 +744,29 @@ def main(argv: list[str] | None = None) -> int:
     if mode in ("all", "packing"):
         results["packing_images"] = size.packing_images
         results["packing"] = {}
-        targets = {models[0]: get_arch(models[0])}
+        targets = {} if args.packing_targets == "median" else {models[0]: get_arch(models[0])}
         if median is not None:
             targets[f"median {space_name} sample"] = ArchConfig.from_dict(median["arch"])
         for label, arch in targets.items():
             logger.info(f"packing {label}:")
-            rows = measure(f"packing {label}", lambda a=arch: bench_packing(a, size, device))
+            rows = measure(
+                f"packing {label}",
+                lambda a=arch: bench_packing(a, size, device, counts=tuple(args.packing_counts)),
+            )
             if rows is not None:
                 results["packing"][label] = rows
+    if mode in ("all", "overhead"):
+        arch = get_arch(models[0])
+        results["overhead"] = {"model": models[0], "rows": []}
+        # Alternately, so both policies see the same machine load.
+        for every in (0.0, args.checkpoint_every, 0.0, args.checkpoint_every):
+            logger.info(f"overhead of {models[0]}, checkpoints every {every:g} s...")
+            row = measure(
+                f"overhead every {every:g} s",
+                lambda a=arch, e=every: bench_overhead(a, size, device, size.overhead_epochs, e),
+            )
+            if row is not None:
+                results["overhead"]["rows"].append(row)
     if mode in ("all", "profile"):
         logger.info(f"profiling one epoch of {models[0]}...")
         profile = measure("profile", lambda: profile_epoch(get_arch(models[0]), size, device))
