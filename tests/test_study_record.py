@@ -50,3 +50,36 @@ def test_no_importances_from_too_few_trials():
     study = optuna.create_study(direction="maximize")
     study.add_trials([_trial(0.1 * i, 0.5, [0.1 * i], TrialState.PRUNED) for i in range(1, 4)])
     assert param_importances(study) == ({}, "")
+
+
+def test_optunas_plots_work_as_the_readme_says():
+    import optuna.visualization
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([_trial(lr, 0.5, [lr], TrialState.COMPLETE) for lr in (0.1, 0.5)])
+    figure = optuna.visualization.plot_optimization_history(study)  # needs plotly
+    assert len(figure.data) >= 1
+
+
+def test_tensorboard_marks_the_hyperparameters_that_differ_between_trials(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.backend_context import Context
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tune.trainable import start_hparams_session
+
+    for name, lr in (("trial_a", 0.1), ("trial_b", 0.2)):
+        writer = SummaryWriter(str(tmp_path / name))
+        end = start_hparams_session(writer, {"lr": lr, "block": "basic", "params": 1000})
+        writer.add_scalar("hparam/val_acc", lr, 1)
+        writer.file_writer.add_summary(end)
+        writer.close()
+    content = {}
+    for run in ("trial_a", "trial_b"):
+        acc = EventAccumulator(str(tmp_path / run))
+        acc.Reload()
+        content[run] = acc.PluginTagToContent("hparams")
+    # TensorBoard's own HParams backend, as its dashboard asks it.
+    experiment = Context(None).experiment_from_metadata(None, "", False, content, None)
+    differs = {info.name: info.differs for info in experiment.hparam_infos}
+    assert differs == {"lr": True, "block": False, "params": False}

@@ -142,6 +142,17 @@ def _code_version() -> str:
     return code_version()
 
 
+def start_hparams_session(writer: SummaryWriter, hp: dict[str, Any]) -> Any:
+    """Write the trial's hyperparameters as a TensorBoard HParams session; return the
+    session's end summary, to write when the trial ends. No experiment summary is written:
+    TensorBoard then builds the experiment from every trial's session and marks the
+    hyperparameters whose values differ between trials (one written per trial lists only that
+    trial's values, and every hyperparameter reads "differs: false")."""
+    _, start, end = hparams(hp, metric_dict={"hparam/val_acc": 0.0})
+    writer.file_writer.add_summary(start)
+    return end
+
+
 def _hparam_value(value: Any) -> Any:
     return value if isinstance(value, bool | int | float | str) else str(value)
 
@@ -244,9 +255,7 @@ def run_trial(
         width_scale=config.get("width_scale", 1.0),
         seed=config["seed"],
     )
-    experiment, start_info, end_info = hparams(hp, metric_dict={"hparam/val_acc": 0.0})
-    writer.file_writer.add_summary(experiment)
-    writer.file_writer.add_summary(start_info)
+    end_info = start_hparams_session(writer, hp)
 
     last: dict[str, float] = {}  # the latest epoch's metrics, for a failure report
     node_info = {
