@@ -47,6 +47,10 @@ class SearchSettings:
     predict: str | None  # unlabeled pickle to predict after the retrain
     reduced: str  # why and how the run was reduced, or ""
     time_budget_s: float | None = None  # no trial starts after this many seconds; None = none
+    # Defaults for settings saved before these existed: no finalists, no baseline run.
+    finalists: int = 0  # top configurations re-run at full epochs before picking the winner
+    finalist_seeds: int = 1  # new seeds per finalist
+    baseline: str = "none"  # "seeds": train the seed networks in this experiment to compare
 
     @property
     def storage(self) -> ExperimentStorage:
@@ -166,6 +170,9 @@ def resolve_settings(
         predict=str(Path(args.predict).resolve()) if args.predict else None,
         reduced="" if defaults is FULL else reduced_message(args),
         time_budget_s=args.time_budget,
+        finalists=pick["finalists"],
+        finalist_seeds=pick["finalist_seeds"],
+        baseline=args.baseline,
     )
 
 
