@@ -355,6 +355,15 @@ def write_report(
     lines += [
         "- `best_config.json`: the chosen configuration",
         "- `final/`: retrained checkpoints, metrics.json, predictions.csv",
+    ]
+    for folder, what in (
+        ("finalists", "the finalists' re-runs (Ray trials, role `finalist`)"),
+        ("baseline", "the seed networks trained here (Ray trials, role `baseline`)"),
+        ("baseline_final", "the best seed network retrained like the winner: metrics.json"),
+    ):
+        if (exp_dir / folder).exists():
+            lines.append(f"- `{folder}/`: {what}")
+    lines += [
         f"- TensorBoard: `tensorboard --logdir {exp_dir}`",
         "",
     ]
