@@ -240,3 +240,25 @@ def test_the_comparison_tests_both_sides_the_same_ways(tmp_path: Path) -> None:
     assert "95% CI" in report and "p = " in report
     assert "95.04% ± 0.11% (5)" in report  # the winner's flip-TTA test accuracy, mean ± std
     assert "scaled in width" not in report  # full-size seed networks
+
+
+def test_a_time_budget_keeps_time_for_the_finalists(tmp_path: Path) -> None:
+    from tune.runner import finalist_rounds
+    from tune.time_budget import TimeBudget
+
+    settings = replace(_settings(tmp_path), finalists=3, finalist_seeds=2)
+    assert finalist_rounds(settings, 4) == 2 and finalist_rounds(settings, 6) == 1
+    assert finalist_rounds(replace(settings, finalists=0), 4) == 0
+
+    budget = TimeBudget(100.0, str(tmp_path), "timed", reserve_rounds=2, max_epochs=5)
+    assert budget.reserve_s == 0  # nothing measured yet
+    budget("t1", {"training_iteration": 2, "time_total_s": 4.0})  # 2 s per epoch
+    budget("t2", {"training_iteration": 1, "time_total_s": 2.0})
+    assert budget.reserve_s == pytest.approx(2 * 5 * 2.0)  # two rounds of 5 epochs
+    budget._before = 79.0 - (budget.elapsed_s - budget._before)
+    assert not budget.stop_all()
+    budget._before += 2.0
+    assert budget.stop_all()  # 81 s spent: the last 20 are the finalists'
+    for trial in ("t3", "t4"):  # slow trials make the median 50 s per epoch
+        budget(trial, {"training_iteration": 1, "time_total_s": 50.0})
+    assert budget.reserve_s == 50.0  # never more than half the budget

@@ -144,6 +144,12 @@ def _fixed_trial_configs(settings: SearchSettings) -> list[dict[str, Any]]:
     return configs
 
 
+def finalist_rounds(settings: SearchSettings, concurrency: int) -> int:
+    """Rounds of full trials the finalists' re-runs take, `concurrency` at a time."""
+    runs = settings.finalists * settings.finalist_seeds
+    return -(-runs // max(1, concurrency)) if runs else 0
+
+
 def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbose: int) -> Any:
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -203,7 +209,13 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
             sync_config=ray_tune.SyncConfig(sync_artifacts=True),
             callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
             # --time-budget, counted across resumes (Ray's own time_budget_s restarts).
-            stop=TimeBudget(settings.time_budget_s, settings.storage_path, settings.name)
+            stop=TimeBudget(
+                settings.time_budget_s,
+                settings.storage_path,
+                settings.name,
+                reserve_rounds=finalist_rounds(settings, concurrency),
+                max_epochs=settings.max_epochs,
+            )
             if settings.time_budget_s
             else None,
             verbose=verbose,
