@@ -95,7 +95,8 @@ def test_the_retrain_seed_default_detects_half_a_point_at_a_fifth_of_a_point_spr
 
 def _record(trial_id, number, vals, role="search", status_epochs=None) -> TrialRecord:
     history = pd.DataFrame({"epoch": range(1, len(vals) + 1), "val_acc": vals})
-    config = {"trial_number": number, "seed": number, "params": 1000, "preset": trial_id}
+    key = "finalist_of" if role == "finalist" else "trial_number"
+    config = {key: number, "seed": number, "params": 1000, "preset": trial_id}
     return TrialRecord(trial_id, config, history, role=role)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -98,14 +99,16 @@ def finalist_configs(
     table: pd.DataFrame, records: list[TrialRecord], settings: SearchSettings
 ) -> list[dict[str, Any]]:
     """The top --finalists candidates' configurations, --finalist-seeds times each with new
-    seeds (the trial number stays: it ties each re-run to its search trial)."""
+    seeds. A re-run is no trial of the Optuna study: `finalist_of` (the search trial's number)
+    replaces its `trial_number`."""
     by_id = {r.trial_id: r for r in records}
     configs = []
     for trial_id in candidates(table)["trial_id"].head(settings.finalists):
-        config = by_id[trial_id].config
+        config = dict(by_id[trial_id].config)
+        number = int(config.pop("trial_number"))
         for run in range(settings.finalist_seeds):
-            seed = finalist_seed(settings.seed, int(config["trial_number"]), run)
-            configs.append({**config, "seed": seed})
+            seed = finalist_seed(settings.seed, number, run)
+            configs.append({**config, "seed": seed, "finalist_of": number})
     return configs
 
 
@@ -116,10 +119,13 @@ def finalist_ranking(table: pd.DataFrame, finalists: int) -> pd.DataFrame:
     The first row is the winner."""
     top = candidates(table).head(max(1, finalists))
     reruns = table[(table["role"] == "finalist") & (table["status"] == "completed")]
+    if "config/finalist_of" not in reruns:
+        reruns = reruns.assign(**{"config/finalist_of": math.nan})
     rows = []
     for search_rank, (_, row) in enumerate(top.iterrows(), 1):
         number = row["config/trial_number"]
-        scores = [row["score"], *reruns.loc[reruns["config/trial_number"] == number, "score"]]
+        mine = reruns["config/finalist_of"] == number
+        scores = [row["score"], *reruns.loc[mine, "score"]]
         rows.append(
             {
                 "trial_id": row["trial_id"],
