@@ -377,8 +377,7 @@ def retrain_baseline(
 def _seed_experiment_summary(exp: Path, table: pd.DataFrame) -> dict[str, Any] | None:
     """A `--space seeds` experiment's winner, with its retrain where it has one."""
     if "score" in table:
-        ranked = table[table.get("role", "search") == "search"].dropna(subset=["score"])
-        ranked = ranked.sort_values("score", ascending=False)
+        ranked = table.dropna(subset=["score"]).sort_values("score", ascending=False)
         column = "score"
     else:  # written before scores existed
         ranked = table.dropna(subset=["best_val_acc"]).sort_values("best_val_acc", ascending=False)
