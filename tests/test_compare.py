@@ -263,3 +263,27 @@ def test_a_time_budget_keeps_time_for_the_finalists(tmp_path: Path) -> None:
     for trial in ("t3", "t4"):  # slow trials make the median 50 s per epoch
         budget(trial, {"training_iteration": 1, "time_total_s": 50.0})
     assert budget.reserve_s == 50.0  # never more than half the budget
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--space", "seeds", "--baseline", "seeds"], "--space seeds already trains them"),
+        (["--finalists", "-1"], "--finalists is -1"),
+        (["--finalist-seeds", "0"], "--finalist-seeds is 0"),
+    ],
+)
+def test_finalist_and_baseline_options_are_checked_before_ray_starts(argv, message) -> None:
+    from tune.cli import UsageError, build_parser, validate_args
+
+    with pytest.raises(UsageError, match=message):
+        validate_args(build_parser().parse_args(argv))
+
+
+def test_the_help_shows_the_new_defaults() -> None:
+    from tune.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "(3; 1 without a GPU; 0: the best score wins)" in text  # --finalists
+    assert "new seeds per finalist (2; 2 without a GPU)" in text
+    assert "(5; 2 without a GPU; 5 detects a 0.5-point difference" in text
