@@ -212,6 +212,8 @@ def summarize_trials(
         states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
         search = table["role"] == "search"
         table["optuna_state"] = ""
+        if "config/trial_number" not in table:  # no trial ever reported (and carried its config)
+            table["config/trial_number"] = math.nan
         table.loc[search, "optuna_state"] = (
             table.loc[search, "config/trial_number"].map(states).fillna("")
         )
