@@ -472,7 +472,9 @@ def report(settings: SearchSettings, outcome: SearchOutcome, final: dict[str, An
         settings.storage.local_dir,
         outcome.table,
         histories,
-        rung_counts(outcome.table, milestones),
+        rung_counts(outcome.table[outcome.table["role"] == "search"], milestones)
+        if len(outcome.table)
+        else rung_counts(outcome.table, milestones),
         outcome.best,
         final,
         baseline,
