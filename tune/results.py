@@ -392,7 +392,7 @@ def _winner_lines(
     complete = int((table["status"] == "completed").sum()) if len(table) else 0
     stopped = int((table["status"] == "stopped_early").sum()) if len(table) else 0
     lines = [
-        f"Candidates are the {complete} trials that trained all {max_epochs} epochs ({stopped} "
+        f"Candidates are the {complete} trial(s) that trained all {max_epochs} epochs ({stopped} "
         "stopped early by ASHA are not: their accuracy is of an unfinished schedule), ranked "
         f"by their score, the mean validation accuracy of their last {k} epoch(s): the value "
         "Optuna was told (the `score` column of trials.parquet).",
