@@ -259,8 +259,9 @@ def test_a_resumed_search_gets_only_what_is_left_of_its_time_budget(tmp_path: Pa
     assert 12 <= before < budget
 
     run = search(args, tmp_path / "second")
-    check_ok(run)
-    best = json.loads((storage / name / "best_config.json").read_text())
+    # No trial can train 50 epochs in 30 s, and a trial stopped early is never the winner:
+    # the search says so and fails, after writing its table and report.
+    assert run.returncode == 1 and "no trial trained every epoch" in run.stderr + run.stdout
+    assert (storage / name / "report.md").exists() and not (storage / name / "final").exists()
     # This run had what was left (about budget - before seconds), not a whole new budget.
-    assert best["search_seconds"] < budget - before + 10
     assert budget <= elapsed() < budget + 20
