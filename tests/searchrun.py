@@ -175,8 +175,13 @@ def tensorboard(trial_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], di
     return scalars, plugin
 
 
-def read_table(exp: Path) -> pd.DataFrame:
-    return pd.read_parquet(exp / "trials.parquet")
+def read_table(exp: Path, every_role: bool = False) -> pd.DataFrame:
+    """trials.parquet: the search's own trials, or with `every_role` also the finalists'
+    re-runs and the seed baselines."""
+    table = pd.read_parquet(exp / "trials.parquet")
+    if every_role or "role" not in table:
+        return table
+    return table[table["role"] == "search"].reset_index(drop=True)
 
 
 def trial_dirs(exp: Path) -> list[Path]:

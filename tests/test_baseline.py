@@ -1,6 +1,7 @@
-"""The seed baselines and a search compared at equal epochs, as issue-style protocol runs
-them: `--space seeds` (every seed network to its last epoch, the best retrained), then a
-time-budgeted search in the same storage folder whose report sets the two side by side."""
+"""The seed baselines and a search compared at equal epochs: in one command (`--baseline
+seeds`: search, finalists, seed networks, both retrains and the comparison), and as two
+experiments (`--space seeds`, then a time-budgeted search in the same storage folder whose
+report sets the two side by side)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from search_spaces import SPACES, get_space
 from tests.conftest import write_python_batches
 from tests.searchrun import SEARCH_TIMEOUT, check_ok, kill, read_table, search, start
 from tune.cli import parse_duration
+from tune.compare import welch
+from tune.finalize import candidates, finalist_ranking
 from tune.runner import trial_slots
 from tune.settings import SearchSettings
 
@@ -76,6 +79,8 @@ def test_seed_baselines_run_to_the_end_and_a_timed_search_is_compared_with_them(
             "1",
             "--retrain-seeds",
             "2",
+            "--finalists",
+            "0",
             "--name",
             "seeds",
             *common,
@@ -102,6 +107,8 @@ def test_seed_baselines_run_to_the_end_and_a_timed_search_is_compared_with_them(
             "25s",
             "--retrain-seeds",
             "2",
+            "--finalists",
+            "0",
             "--name",
             "timed",
             *common,
@@ -129,18 +136,98 @@ def test_seed_baselines_run_to_the_end_and_a_timed_search_is_compared_with_them(
     for key, value in start.items():
         assert first[f"config/{key}"] == value, key
 
+    # The seeds experiment matches this search's settings, so the report compares the two.
     report = (exp / "report.md").read_text()
-    top = seeds.iloc[0]
+    top = seeds.iloc[0]  # ranked by score: the seeds experiment's winner
+    assert (
+        json.loads((storage / "seeds" / "best_config.json").read_text())["trial_id"]
+        == (top["trial_id"])
+    )
     final = json.loads((exp / "final" / "metrics.json").read_text())
     assert f"best seed network (`{top['config/preset']}`)" in report
-    assert f"{top['best_val_acc']:.2%}" in report
-    assert f"{seeds_final['test_acc_mean']:.2%} ± {seeds_final['test_acc_std']:.2%}" in report
-    assert f"{final['test_acc_mean']:.2%} ± {final['test_acc_std']:.2%}" in report
-    gap = (final["test_acc_mean"] - seeds_final["test_acc_mean"]) * 100
-    assert f"search minus seed baseline: {gap:+.2f} points" in report
+    assert f"{top['score']:.2%}" in report
+    for key in ("test_acc_tta", "test_acc_plain"):
+        for side in (final, seeds_final):
+            assert f"{side[key + '_mean']:.2%} ± {side[key + '_std']:.2%} (2)" in report
+        assert welch(final[key], seeds_final[key]).sentence() in report
     for preset in SEED_MODELS.values():
         assert f"`{preset}`" in report
-    assert "Not at equal epochs" not in report
+    assert "not compared" not in report
+
+
+def test_one_command_runs_search_finalists_and_seed_baselines_and_compares_them(
+    tmp_path: Path,
+) -> None:
+    data = write_python_batches(tmp_path / "data", n_train=400, n_test=100)
+    storage, max_epochs = tmp_path / "exp", 2
+    args = [
+        "--space", "tiny", "--baseline", "seeds", "--num-samples", "4",
+        "--max-epochs", str(max_epochs), "--grace-period", "1", "--finalists", "2",
+        "--finalist-seeds", "1", "--retrain-seeds", "2", "--subset", "100",
+        "--data", str(data), "--storage-path", str(storage), "--name", "one",
+    ]  # fmt: skip
+    run = search(args, tmp_path / "run", timeout=600)
+    check_ok(run)
+    exp = storage / "one"
+    table = read_table(exp, every_role=True)
+    completed = int(((table["role"] == "search") & (table["status"] == "completed")).sum())
+    assert completed >= 1, table[["trial_id", "status"]]
+    roles = table["role"].value_counts().to_dict()
+    assert roles == {"baseline": 5, "search": 4, "finalist": min(2, completed)}, roles
+
+    # The seed networks: each report's recipe at the search's epochs, never stopped early,
+    # trials of the experiment's baseline/ folder, scaled in width to the reduced budget.
+    baseline = table[table["role"] == "baseline"]
+    assert sorted(baseline["config/preset"]) == sorted(SEED_MODELS.values())
+    assert (baseline["status"] == "completed").all() and (baseline["epochs_run"] == 2).all()
+    assert all(Path(p).parent == exp / "baseline" for p in baseline["path"])
+    assert (baseline["params"] <= 60_000).all()
+
+    # The finalists: the top two candidates' configurations with new seeds, run to the end.
+    search_rows = table[table["role"] == "search"]
+    top2 = candidates(table).head(2)
+    finalists = table[table["role"] == "finalist"]
+    assert sorted(finalists["config/finalist_of"]) == sorted(top2["config/trial_number"])
+    assert finalists["config/trial_number"].isna().all()  # no trials of the Optuna study
+    assert (finalists["status"] == "completed").all()
+    assert all(Path(p).parent == exp / "finalists" for p in finalists["path"])
+    assert not set(finalists["seed"]) & set(search_rows["seed"])
+
+    # What Optuna was told of a complete trial is its score in the table.
+    study = optuna.load_study(study_name="one", storage=f"sqlite:///{exp}/study.db")
+    values = {t.number: t.value for t in study.trials if t.state.name == "COMPLETE"}
+    for row in search_rows[search_rows["status"] == "completed"].to_dict("records"):
+        assert values[row["config/trial_number"]] == pytest.approx(row["score"])
+
+    # The winner: the best mean over the finalists' full runs, a trial that ran every epoch.
+    best = json.loads((exp / "best_config.json").read_text())
+    ranking = finalist_ranking(table, 2)
+    assert best["trial_id"] == ranking.iloc[0]["trial_id"]
+    assert best["val_mean"] == pytest.approx(ranking.iloc[0]["val_mean"])
+    assert len(best["val_runs"]) == 2
+    winner_row = table[table["trial_id"] == best["trial_id"]].iloc[0]
+    assert winner_row["status"] == "completed" and winner_row["role"] == "search"
+
+    # Both sides retrained with the same seeds and epochs, tested with and without flip TTA.
+    final = json.loads((exp / "final" / "metrics.json").read_text())
+    b_final = json.loads((exp / "baseline_final" / "metrics.json").read_text())
+    assert final["seeds"] == b_final["seeds"] == [0, 1]
+    assert final["epochs"] == b_final["epochs"] == max_epochs
+    assert final["test_images"] == b_final["test_images"] == 100
+    report = (exp / "report.md").read_text()
+    for key in ("test_acc_tta", "test_acc_plain"):
+        assert len(final[key]) == len(b_final[key]) == 2
+        assert welch(final[key], b_final[key]).sentence() in report
+    assert "95% CI" in report and "p = " in report
+    assert "scaled in width to this run's budget of 60,000 parameters" in report
+
+    # Run again: everything is finished, so nothing trains again.
+    dirs = sorted(p.relative_to(exp) for p in exp.glob("**/trial_*") if p.is_dir())
+    again = search(args, tmp_path / "again", timeout=600)
+    check_ok(again)
+    assert sorted(p.relative_to(exp) for p in exp.glob("**/trial_*") if p.is_dir()) == dirs
+    assert again.stdout.count("already finished, kept") == 4
+    assert read_table(exp, every_role=True)["trial_id"].tolist() == table["trial_id"].tolist()
 
 
 def test_a_resumed_search_gets_only_what_is_left_of_its_time_budget(tmp_path: Path) -> None:
@@ -148,7 +235,7 @@ def test_a_resumed_search_gets_only_what_is_left_of_its_time_budget(tmp_path: Pa
     storage, name, budget = tmp_path / "exp", "clock", 30
     args = [
         "--space", "tiny", "--data", str(data), "--subset", "100", "--max-epochs", "50",
-        "--time-budget", f"{budget}s", "--skip-retrain", "--cpus-per-trial", "2",
+        "--time-budget", f"{budget}s", "--skip-retrain", "--cpus-per-trial", "2", "--finalists", "0",
         "--storage-path", str(storage), "--name", name,
     ]  # fmt: skip
     clock = storage / name / "search_clock.txt"
@@ -172,8 +259,9 @@ def test_a_resumed_search_gets_only_what_is_left_of_its_time_budget(tmp_path: Pa
     assert 12 <= before < budget
 
     run = search(args, tmp_path / "second")
-    check_ok(run)
-    best = json.loads((storage / name / "best_config.json").read_text())
+    # No trial can train 50 epochs in 30 s, and a trial stopped early is never the winner:
+    # the search says so and fails, after writing its table and report.
+    assert run.returncode == 1 and "no trial trained every epoch" in run.stderr + run.stdout
+    assert (storage / name / "report.md").exists() and not (storage / name / "final").exists()
     # This run had what was left (about budget - before seconds), not a whole new budget.
-    assert best["search_seconds"] < budget - before + 10
     assert budget <= elapsed() < budget + 20

@@ -11,8 +11,9 @@ from tune.results import _params_unit, pareto_frontier, write_report
 def _table(rows: list[tuple[str, str, int, float]]) -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"trial_id": t, "status": s, "params": p, "best_val_acc": a, "stages": "1x8",
-             "epochs_run": 2, "train_seconds": 1.0}
+            {"trial_id": t, "role": "search", "status": s, "params": p, "best_val_acc": a,
+             "score": a if s == "completed" else float("nan"), "stages": "1x8", "epochs_run": 2,
+             "train_seconds": 1.0}
             for t, s, p, a in rows
         ]
     )  # fmt: skip

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from models import get_arch
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.loop import predict_logits
 from training.recipes import get_recipe
 from tune.retrain import concat_sets, retrain
 
@@ -28,6 +30,16 @@ def test_retrain_resumes_from_its_own_checkpoints(tmp_path, monkeypatch, capsys)
     assert len(metrics["test_acc"]) == 2 and metrics["epochs"] == 2
     assert metrics["test_acc_mean"] == pytest.approx(sum(metrics["test_acc"]) / 2)
     assert metrics["params"] == 5266 and "code_version" in metrics
+
+    # Tested both ways whatever the recipe says (smoke: no TTA), so that a retrain compares
+    # with another under the same test-time augmentation.
+    assert metrics["test_acc_plain"] == pytest.approx(metrics["test_acc"])
+    for seed, acc in zip((0, 1), metrics["test_acc_tta"], strict=True):
+        model = model_from_checkpoint(load_checkpoint(out / f"seed_{seed}" / "checkpoint.pt"))
+        logits = predict_logits(model, test.images, tta_flip=True, device=torch.device("cpu"))
+        assert acc == pytest.approx((logits.argmax(1) == test.labels).float().mean().item())
+    assert metrics["test_acc_tta_mean"] == pytest.approx(sum(metrics["test_acc_tta"]) / 2)
+    assert json.loads((out / "metrics.json").read_text())["test_acc_tta"] == metrics["test_acc_tta"]
 
     # A third call finds both seeds finished and trains nothing.
     again = retrain(arch, cfg, train, test, out, seeds=[0, 1], device="cpu")

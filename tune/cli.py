@@ -28,17 +28,26 @@ class Defaults:
     num_samples: int  # trials
     max_epochs: int  # epochs of a trial that ASHA never stops
     grace_period: int  # ASHA: epochs before a trial may be stopped
-    retrain_seeds: int  # seeds of the final retrain
+    retrain_seeds: int  # seeds of the final retrain, of the winner and of the seed baseline
+    finalists: int  # top configurations re-run at the full epochs before the winner is picked
+    finalist_seeds: int  # new seeds per finalist
     subset: int | None  # training images used (None: all)
     max_batch_size: int | None  # cap on every trial's and the retrain's batch size (no flag)
 
 
+# --retrain-seeds: Welch's test with n seeds per side detects a true 0.5-point difference at
+# a seed-to-seed standard deviation of 0.2 point (alpha 0.05, two-sided) with power 0.84 at
+# n = 4 and 0.93 at n = 5 (tune.compare.seeds_for_power); 5 keeps power near 0.8 if the real
+# deviation is 0.25 point. The reduced CPU run takes 2, the fewest that give an interval at
+# all: its comparison is a demonstration, not a test.
 FULL = Defaults(
     budget=FULL_BUDGET,
     num_samples=64,
     max_epochs=30,
     grace_period=4,
-    retrain_seeds=3,
+    retrain_seeds=5,
+    finalists=3,
+    finalist_seeds=2,
     subset=None,
     max_batch_size=None,
 )
@@ -50,7 +59,9 @@ REDUCED = Defaults(
     num_samples=6,
     max_epochs=6,
     grace_period=2,
-    retrain_seeds=1,
+    retrain_seeds=2,
+    finalists=1,
+    finalist_seeds=2,
     subset=5_000,
     # CPU training keeps every activation of a batch in host memory: batch 1024 through a
     # wide 32x32 stage took 19 GB and Ray's memory monitor killed the trial.
@@ -91,9 +102,10 @@ then retrain the best and test it.
 
 Ray Tune runs the trials (an embedded local Ray, or a cluster with --address), Optuna
 suggests configurations, ASHA stops weak trials early. The experiment folder
-(STORAGE/NAME) then holds the trials with their TensorBoard logs, trials.parquet,
-best_config.json, final/ (retrained checkpoints, metrics.json, predictions.csv) and
-report.md. Re-running with the same --name (or --resume) continues an interrupted search.
+(STORAGE/NAME) then holds the trials with their TensorBoard logs, the finalists' re-runs
+(finalists/), the seed baselines with --baseline seeds (baseline/, baseline_final/),
+trials.parquet, best_config.json, final/ (retrained checkpoints, metrics.json,
+predictions.csv) and report.md. Re-running with the same --name (or --resume) continues an interrupted search.
 """
 
 
@@ -164,7 +176,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="seeds the searcher and, derived, every trial (default: %(default)s)",
     )
     a("--retrain-epochs", type=int, help="epochs of the final retrain (default: --max-epochs)")
-    a("--retrain-seeds", type=int, help=f"seeds of the final retrain ({_both('retrain_seeds')})")
+    a(
+        "--retrain-seeds",
+        type=int,
+        help="seeds of the final retrain, the winner's and the seed baseline's "
+        f"({_both('retrain_seeds')}; 5 detects a 0.5-point difference at a 0.2-point seed "
+        "spread)",
+    )
+    a(
+        "--finalists",
+        type=int,
+        help="re-run the top K configurations that trained every epoch with --finalist-seeds "
+        f"new seeds each; the winner has the best mean ({_both('finalists')}; 0: the best "
+        "score wins)",
+    )
+    a(
+        "--finalist-seeds",
+        type=int,
+        help=f"new seeds per finalist ({_both('finalist_seeds')})",
+    )
+    a(
+        "--baseline",
+        choices=["none", "seeds"],
+        default="none",
+        help="seeds: also train the seed networks at the same epochs in this experiment "
+        "(unless a matching --space seeds experiment is in the storage folder) and compare "
+        "the winner with the best of them (default: none, compare with a matching "
+        "--space seeds experiment if there is one)",
+    )
     a("--predict", help="unlabeled pickle (b'data', b'ids') to write final/predictions.csv for")
     a("--subset", type=int, help=f"use N training images ({_both('subset')})")
     a("--full", action="store_true", help="no reduced run even without a GPU")
@@ -194,6 +233,7 @@ def validate_args(args: argparse.Namespace) -> None:
         "grace_period",
         "retrain_epochs",
         "retrain_seeds",
+        "finalist_seeds",
         "subset",
         "max_concurrent_trials",
     ):
@@ -202,6 +242,13 @@ def validate_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{flag.replace('_', '-')} is {value}; it must be a positive number")
     if args.checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every is {args.checkpoint_every}; it must be 0 or more")
+    if args.finalists is not None and args.finalists < 0:
+        raise UsageError(f"--finalists is {args.finalists}; it must be 0 or more")
+    if args.baseline == "seeds" and args.space == "seeds":
+        raise UsageError(
+            "--baseline seeds compares a search with the seed networks, and --space seeds "
+            "already trains them; drop --baseline or search another space"
+        )
     if args.reduction_factor < 2:
         raise UsageError(f"--reduction-factor is {args.reduction_factor}; it must be at least 2")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:

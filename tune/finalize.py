@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from search_spaces import trial_configs
+from models import SEED_MODELS, count_params, get_arch
+from search_spaces import derive_seed, trial_configs
 from training.artifacts import code_version, write_json
 from training.config import cap_batch_size
 from training.data import DataSplits, ImageSet
 from training.logs import project_level
+from tune.compare import MATCHING, matching_command, setting_differences
 from tune.interrupt import get_interruptibly
 from tune.results import (
     TrialRecord,
@@ -27,7 +31,7 @@ from tune.results import (
     write_parquet,
     write_report,
 )
-from tune.settings import SearchSettings
+from tune.settings import SETTINGS_FILE, SearchSettings
 from tune.storage import is_uri
 from tune.study import close_study, param_importances
 
@@ -35,17 +39,23 @@ logger = logging.getLogger(__name__)
 REPORT_FILES = ("report.md", "params_vs_acc.png", "curves.png", "rungs.png", "importances.png")
 
 
+# Where a search's other Ray experiments live inside its folder, and the baseline's retrain.
+FINALISTS_DIR, BASELINE_DIR, BASELINE_FINAL = "finalists", "baseline", "baseline_final"
+
+
 @dataclass
 class SearchOutcome:
     records: list[TrialRecord]
     table: pd.DataFrame  # trials.parquet
     meta: dict[str, Any]  # the settings and code version, in the table's metadata
-    best: dict[str, Any] | None  # best_config.json; None if every trial failed
+    best: dict[str, Any] | None  # best_config.json; None if no trial trained every epoch
     importances: dict[str, float] | None = None  # None: the search had no Optuna study
+    finalists: pd.DataFrame | None = None  # `finalist_ranking`
+    baseline: dict[str, Any] | None = None  # the best seed network, here or found elsewhere
     importances_basis: str = ""  # which trials the importances were measured over
 
 
-def collect_records(grid: Any) -> list[TrialRecord]:
+def collect_records(grid: Any, role: str = "search") -> list[TrialRecord]:
     """One record per trial of Ray's ResultGrid; the network of each comes from its config
     (the width scale its sample was fitted with), not from a new fit."""
     records = []
@@ -68,62 +78,238 @@ def collect_records(grid: Any) -> list[TrialRecord]:
         error = None
         if result.error is not None:
             error = str(result.error).strip().splitlines()[-1][:500]
-        records.append(TrialRecord(trial_id, config, history, error, result.path, arch))
+        records.append(TrialRecord(trial_id, config, history, error, result.path, arch, role))
     return records
 
 
+def candidates(table: pd.DataFrame) -> pd.DataFrame:
+    """The search's trials that trained every epoch, best score first: the only candidates
+    for the winner (a trial ASHA stopped early never is one; its accuracy is of a shorter,
+    unfinished schedule)."""
+    if not len(table):
+        return table
+    rows = table[(table["role"] == "search") & (table["status"] == "completed")]
+    return rows.dropna(subset=["score"]).sort_values("score", ascending=False, kind="stable")
+
+
+def finalist_seed(base_seed: int, trial_number: int, run: int) -> int:
+    """The seed of a finalist's re-run `run` (0, 1, ...): never the search trial's own."""
+    return (derive_seed(base_seed, trial_number) + 1 + run) & 0x7FFFFFFF
+
+
+def finalist_configs(
+    table: pd.DataFrame, records: list[TrialRecord], settings: SearchSettings
+) -> list[dict[str, Any]]:
+    """The top --finalists candidates' configurations, --finalist-seeds times each with new
+    seeds. A re-run is no trial of the Optuna study: `finalist_of` (the search trial's number)
+    replaces its `trial_number`."""
+    by_id = {r.trial_id: r for r in records}
+    configs = []
+    for trial_id in candidates(table)["trial_id"].head(settings.finalists):
+        config = dict(by_id[trial_id].config)
+        number = int(config.pop("trial_number"))
+        for run in range(settings.finalist_seeds):
+            seed = finalist_seed(settings.seed, number, run)
+            configs.append({**config, "seed": seed, "finalist_of": number})
+    return configs
+
+
+def finalist_ranking(table: pd.DataFrame, finalists: int) -> pd.DataFrame:
+    """The top `finalists` candidates (at least one) with every full run of their
+    configuration (the search trial and its finalist re-runs that trained every epoch): runs,
+    mean and std of their scores, the search's order (`search_rank`) and the new one (`rank`).
+    The first row is the winner."""
+    top = candidates(table).head(max(1, finalists))
+    reruns = table[(table["role"] == "finalist") & (table["status"] == "completed")]
+    if "config/finalist_of" not in reruns:
+        reruns = reruns.assign(**{"config/finalist_of": math.nan})
+    rows = []
+    for search_rank, (_, row) in enumerate(top.iterrows(), 1):
+        number = row["config/trial_number"]
+        mine = reruns["config/finalist_of"] == number
+        scores = [row["score"], *reruns.loc[mine, "score"]]
+        rows.append(
+            {
+                "trial_id": row["trial_id"],
+                "stages": row["stages"],
+                "params": int(row["params"]),
+                "search_rank": search_rank,
+                "runs": len(scores),
+                "val_mean": statistics.fmean(scores),
+                "val_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "scores": [float(x) for x in scores],
+            }
+        )
+    ranking = pd.DataFrame(rows)
+    if len(ranking):
+        ranking = ranking.sort_values("val_mean", ascending=False, kind="stable")
+        ranking["rank"] = range(1, len(ranking) + 1)
+    return ranking.reset_index(drop=True)
+
+
+def _chosen(record: TrialRecord, row: pd.Series, settings: SearchSettings) -> dict[str, Any]:
+    """A trial's configuration as its retrain needs it: the network and training config at
+    --retrain-epochs."""
+    arch, cfg = trial_configs(record.config, settings.retrain_epochs)
+    cfg = cap_batch_size(cfg, settings.max_batch_size)
+    return {
+        "trial_id": row["trial_id"],
+        "stages": row["stages"],
+        "score": float(row["score"]),
+        "best_val_acc": float(row["best_val_acc"]),
+        "params": int(record.config["params"]),
+        "width_scale": float(record.config.get("width_scale", 1.0)),
+        "seed": int(row["seed"]),
+        "config": record.config,
+        "arch": arch.to_dict(),
+        "train_config": cfg.to_dict(),
+        "code_version": code_version(),
+    }
+
+
+def baseline_from_table(
+    table: pd.DataFrame, records: list[TrialRecord], settings: SearchSettings
+) -> dict[str, Any] | None:
+    """The best seed network trained in this experiment (--baseline seeds), by score."""
+    rows = table[(table["role"] == "baseline") & (table["status"] == "completed")]
+    rows = rows.dropna(subset=["score"]).sort_values("score", ascending=False, kind="stable")
+    if not len(rows):
+        return None
+    top = rows.iloc[0]
+    record = next(r for r in records if r.trial_id == top["trial_id"])
+    preset = str(record.config["preset"])
+    return {
+        **_chosen(record, top, settings),
+        "experiment": f"{settings.name}/{BASELINE_DIR}",
+        "preset": preset,
+        "preset_params": count_params(get_arch(preset)),
+        "epochs": int(top["epochs_run"]),
+        "seed_val_accs": {
+            str(row["config/preset"]): float(row["score"]) for _, row in rows.iterrows()
+        },
+        "settings": _matching_settings(asdict(settings)),
+    }
+
+
+def _matching_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {key: settings.get(key) for key in (*MATCHING, "storage_path")}
+
+
 def summarize_trials(
-    grid: Any, settings: SearchSettings, search_seconds: float, cluster_gpus: float
+    records: list[TrialRecord],
+    settings: SearchSettings,
+    search_seconds: float,
+    cluster_gpus: float,
+    baseline: dict[str, Any] | None = None,
 ) -> SearchOutcome:
-    """trials.parquet and, unless every trial failed, best_config.json: the best trial by
-    validation accuracy with the configs its retrain will use."""
+    """trials.parquet (the search's trials, the finalists' re-runs and the seed baselines,
+    told apart by `role`) and, if a trial trained every epoch, best_config.json: the winner
+    of the finalists by mean score over their runs, with the configs its retrain will use.
+    `baseline`: one found elsewhere; without it, the seed networks trained here, if any."""
     exp = settings.storage.local_dir
-    records = collect_records(grid)
     table = trials_table(records, settings.max_epochs)
     study = close_study(settings.storage, settings.max_epochs)
     importances, basis = None, ""
     if study is not None and len(table):
         states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
-        table["optuna_state"] = table["config/trial_number"].map(states).fillna("")
+        search = table["role"] == "search"
+        table["optuna_state"] = ""
+        if "config/trial_number" not in table:  # no trial ever reported (and carried its config)
+            table["config/trial_number"] = math.nan
+        table.loc[search, "optuna_state"] = (
+            table.loc[search, "config/trial_number"].map(states).fillna("")
+        )
         importances, basis = param_importances(study)
     meta = {**asdict(settings), "code_version": code_version()}
     write_parquet(exp / "trials.parquet", table, meta)
-    ok = table[~table["status"].isin(["error", "failed"])].dropna(subset=["best_val_acc"])
-    if not len(ok):
+    if baseline is None and len(table):
+        baseline = baseline_from_table(table, records, settings)
+    ranking = finalist_ranking(table, settings.finalists) if len(table) else pd.DataFrame()
+    if not len(ranking):
         settings.storage.push("trials.parquet")
-        return SearchOutcome(records, table, meta, None, importances, basis)
-    best_row = ok.iloc[0]
-    best_record = next(r for r in records if r.trial_id == best_row["trial_id"])
-    arch, cfg = trial_configs(best_record.config, settings.retrain_epochs)
-    cfg = cap_batch_size(cfg, settings.max_batch_size)
+        return SearchOutcome(
+            records, table, meta, None, importances, None, baseline, importances_basis=basis
+        )
+    winner = ranking.iloc[0]
+    row = table[table["trial_id"] == winner["trial_id"]].iloc[0]
+    record = next(r for r in records if r.trial_id == winner["trial_id"])
     best = {
-        "trial_id": best_row["trial_id"],
-        "stages": best_row["stages"],
-        "best_val_acc": float(best_row["best_val_acc"]),
-        "params": int(best_record.config["params"]),
-        "width_scale": float(best_record.config.get("width_scale", 1.0)),
-        "seed": int(best_row["seed"]),
-        "config": best_record.config,
-        "arch": arch.to_dict(),
-        "train_config": cfg.to_dict(),
-        "code_version": code_version(),
+        **_chosen(record, row, settings),
+        "val_mean": float(winner["val_mean"]),
+        "val_std": float(winner["val_std"]),
+        "val_runs": winner["scores"],
         "search_seconds": search_seconds,
         "cluster_gpus": cluster_gpus,
-        "trials": len(table),
+        "trials": int((table["role"] == "search").sum()),
     }
     write_json(exp / "best_config.json", best)
     settings.storage.push("trials.parquet", "best_config.json")
     logger.info(
-        f"best trial {best['trial_id']}: val {best['best_val_acc']:.2%}, {best['params']:,} params"
+        f"winner: trial {best['trial_id']}, validation {best['val_mean']:.2%} +- "
+        f"{best['val_std']:.2%} over {int(winner['runs'])} full run(s), {best['params']:,} params"
     )
-    return SearchOutcome(records, table, meta, best, importances, basis)
+    return SearchOutcome(
+        records, table, meta, best, importances, ranking, baseline, importances_basis=basis
+    )
+
+
+def run_finalists(
+    settings: SearchSettings,
+    splits: DataSplits,
+    records: list[TrialRecord],
+    concurrency: int,
+) -> list[TrialRecord]:
+    """The top --finalists configurations re-run with --finalist-seeds new seeds each, at the
+    full epochs, as trials of the experiment's finalists/ (continued if it exists)."""
+    from tune.runner import run_fixed_trials
+
+    if settings.finalists < 1:
+        return []
+    configs = finalist_configs(trials_table(records, settings.max_epochs), records, settings)
+    if not configs:
+        return []
+    logger.info(
+        "finalists: %d configuration(s) x %d new seed(s) at %d epochs",
+        len(configs) // settings.finalist_seeds,
+        settings.finalist_seeds,
+        settings.max_epochs,
+    )
+    grid = run_fixed_trials(settings, splits, configs, FINALISTS_DIR, concurrency, project_level())
+    return collect_records(grid, "finalist")
+
+
+def run_seed_baseline(
+    settings: SearchSettings, splits: DataSplits, concurrency: int
+) -> tuple[list[TrialRecord], dict[str, Any] | None]:
+    """--baseline seeds: the seed networks, each with its report's recipe at the search's
+    epochs and never stopped early, as trials of the experiment's baseline/ (continued if it
+    exists); unless a matching `--space seeds` experiment is in the storage folder, which is
+    then the baseline. (records, that baseline)."""
+    from tune.runner import _fixed_trial_configs, run_fixed_trials
+
+    if settings.baseline != "seeds":
+        return [], None
+    if not (settings.storage.local_dir / BASELINE_DIR).exists():
+        found = find_seed_baseline(settings)
+        if found and not found.get("differences") and found.get("final"):
+            logger.info("baseline: the matching seed experiment %s", found["experiment"])
+            return [], found
+    configs = _fixed_trial_configs(replace(settings, space="seeds"))
+    logger.info("baseline: %d seed networks at %d epochs", len(configs), settings.max_epochs)
+    grid = run_fixed_trials(settings, splits, configs, BASELINE_DIR, concurrency, project_level())
+    return collect_records(grid, "baseline"), None
 
 
 def retrain_best(
-    settings: SearchSettings, best: dict[str, Any], splits: DataSplits, predict: ImageSet | None
+    settings: SearchSettings,
+    best: dict[str, Any],
+    splits: DataSplits,
+    predict: ImageSet | None,
+    out: str = "final",
 ) -> dict[str, Any]:
-    """The best configuration trained on train + validation with --retrain-seeds seeds and
-    tested. The seeds run as Ray tasks, each with a trial's resources: on a cluster they
+    """A chosen configuration (the winner, or the best seed network into `baseline_final`)
+    trained on train + validation with the --retrain-seeds seeds and tested, with and without
+    flip TTA. The seeds run as Ray tasks, each with a trial's resources: on a cluster they
     land on GPU workers like trials, and packed trials mean seeds packed the same way."""
     import ray
 
@@ -135,6 +321,7 @@ def retrain_best(
     cfg = TrainConfig.from_dict(best["train_config"])
     use_gpu = settings.gpus_per_trial > 0
     resources = {"num_cpus": settings.cpus_per_trial, "num_gpus": settings.gpus_per_trial}
+    # The same seeds for the winner and the baseline: the comparison is paired by seed.
     seeds = [settings.seed + i for i in range(settings.retrain_seeds)]
     train = concat_sets(splits.train, splits.val)
     train_ref, test_ref = ray.put(train), ray.put(splits.test)
@@ -147,6 +334,7 @@ def retrain_best(
         "threads": threads,
         "log_level": project_level(),
         "extra": {"search": settings.name, "trial_id": best["trial_id"]},
+        "out": out,
     }
     started = time.perf_counter()
     seed_task = ray.remote(retrain_seed_in_storage).options(**resources)
@@ -178,52 +366,105 @@ def retrain_best(
         ]
     )
     logger.info(
-        f"retrained: test {final['test_acc_mean']:.2%} +- {final['test_acc_std']:.2%} over "
-        f"{len(final['test_acc'])} seed(s); wrote {settings.storage.uri}/final"
+        f"retrained {best['trial_id']}: test {final['test_acc_mean']:.2%} +- "
+        f"{final['test_acc_std']:.2%} over {len(final['test_acc'])} seed(s); wrote "
+        f"{settings.storage.uri}/{out}"
     )
     return final
 
 
+def retrain_baseline(
+    settings: SearchSettings, baseline: dict[str, Any] | None, splits: DataSplits
+) -> dict[str, Any] | None:
+    """The best seed network trained in this experiment, retrained like the winner (same
+    seeds, split and epochs) into baseline_final/; the baseline with its retrain in "final".
+    A baseline found elsewhere comes with its own retrain."""
+    if baseline is None or "final" in baseline or baseline.get("differences"):
+        return baseline
+    return {**baseline, "final": retrain_best(settings, baseline, splits, None, BASELINE_FINAL)}
+
+
+def _seed_experiment_summary(exp: Path, table: pd.DataFrame) -> dict[str, Any] | None:
+    """A `--space seeds` experiment's winner, with its retrain where it has one."""
+    if "score" in table:
+        ranked = table.dropna(subset=["score"]).sort_values("score", ascending=False)
+        column = "score"
+    else:  # written before scores existed
+        ranked = table.dropna(subset=["best_val_acc"]).sort_values("best_val_acc", ascending=False)
+        column = "best_val_acc"
+    if not len(ranked):
+        return None
+    best_path = exp / "best_config.json"
+    best = json.loads(best_path.read_text()) if best_path.exists() else {}
+    top = ranked.iloc[0]
+    if best.get("trial_id") in set(ranked["trial_id"]):
+        top = ranked[ranked["trial_id"] == best["trial_id"]].iloc[0]
+    preset = str(top.get("config/preset", top["trial_id"]))
+    summary: dict[str, Any] = {
+        "experiment": exp.name,
+        "trial_id": str(top["trial_id"]),
+        "preset": preset,
+        "params": int(top["params"]),
+        "stages": str(top.get("stages", "")),
+        "score": float(top[column]),
+        "epochs": int(top["epochs_run"]),
+        "seed_val_accs": {
+            str(row.get("config/preset", row["trial_id"])): float(row[column])
+            for _, row in ranked.iterrows()
+        },
+    }
+    if preset in SEED_MODELS.values():
+        summary["preset_params"] = count_params(get_arch(preset))
+    if best:
+        summary["best"] = best
+    if (exp / "final" / "metrics.json").exists():
+        summary["final"] = json.loads((exp / "final" / "metrics.json").read_text())
+    return summary
+
+
 def find_seed_baseline(settings: SearchSettings) -> dict[str, Any] | None:
-    """The newest `--space seeds` experiment in the same storage folder, summarized: its best
-    network by validation accuracy, every seed network's validation accuracy, and its
-    retrain's test accuracy and GPU time where it has them."""
+    """The newest `--space seeds` experiment in the same storage folder whose settings match
+    this one's (data, subset, split seed, budget, epochs, retrain seeds), summarized: its best
+    network, every seed network's score, its retrain. If none matches, the newest one with
+    `differences` (what differs) and `command` (how to run a matching one): such a baseline is
+    named in the report, never compared. None if there is no seeds experiment."""
     if is_uri(settings.storage_path):
         return None
+    ours = _matching_settings(asdict(settings))
+    mismatched = None
     for folder in sorted(
         Path(settings.storage_path).glob("*/trials.parquet"),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     ):
-        table = pd.read_parquet(folder)
-        if (
-            "config/space" not in table
-            or not (table["config/space"] == "seeds").all()
-            or folder.parent == settings.storage.local_dir
-        ):
-            continue
         exp = folder.parent
-        ranked = table.dropna(subset=["best_val_acc"]).sort_values("best_val_acc", ascending=False)
-        if not len(ranked):
+        if exp == settings.storage.local_dir:
             continue
-        top = ranked.iloc[0]
-        baseline: dict[str, Any] = {
-            "experiment": exp.name,
-            "preset": str(top.get("config/preset", top["trial_id"])),
-            "params": int(top["params"]),
-            "stages": str(top.get("stages", "")),
-            "best_val_acc": float(top["best_val_acc"]),
-            "epochs": int(top["epochs_run"]),
-            "seed_val_accs": {
-                str(row.get("config/preset", row["trial_id"])): float(row["best_val_acc"])
-                for _, row in ranked.iterrows()
-            },
-        }
-        for name, key in (("best_config.json", "best"), ("final/metrics.json", "final")):
-            if (exp / name).exists():
-                baseline[key] = json.loads((exp / name).read_text())
-        return baseline
-    return None
+        table = pd.read_parquet(folder)
+        if "config/space" not in table:
+            continue
+        if "role" in table:
+            table = table[table["role"] == "search"]
+        if not len(table) or not (table["config/space"] == "seeds").all():
+            continue
+        theirs_path = exp / SETTINGS_FILE
+        theirs = json.loads(theirs_path.read_text()) if theirs_path.exists() else {}
+        differences = setting_differences(ours, theirs)
+        final = exp / "final" / "metrics.json"
+        if final.exists() and "test_acc_tta" not in json.loads(final.read_text()):
+            differences.append(
+                "its retrain was tested by an older version, without the accuracy both with "
+                "and without flip TTA"
+            )
+        if not differences:
+            return _seed_experiment_summary(exp, table)
+        if mismatched is None:
+            mismatched = {
+                "experiment": exp.name,
+                "differences": differences,
+                "command": matching_command(ours),
+            }
+    return mismatched
 
 
 def report(settings: SearchSettings, outcome: SearchOutcome, final: dict[str, Any] | None) -> Path:
@@ -232,17 +473,23 @@ def report(settings: SearchSettings, outcome: SearchOutcome, final: dict[str, An
         settings.grace_period, settings.reduction_factor, settings.max_epochs
     )
     histories = {r.trial_id: r.history for r in outcome.records}
+    baseline = outcome.baseline
+    if baseline is None and outcome.best:
+        baseline = find_seed_baseline(settings)
     path = write_report(
         settings.storage.local_dir,
         outcome.table,
         histories,
-        rung_counts(outcome.table, milestones),
+        rung_counts(outcome.table[outcome.table["role"] == "search"], milestones)
+        if len(outcome.table)
+        else rung_counts(outcome.table, milestones),
         outcome.best,
         final,
-        find_seed_baseline(settings) if outcome.best else None,
+        baseline,
         outcome.meta,
         outcome.importances,
         outcome.importances_basis,
+        finalists=outcome.finalists,
     )
     settings.storage.push(*REPORT_FILES)
     return path

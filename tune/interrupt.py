@@ -65,6 +65,12 @@ class StopSignals:
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
 
+    def raise_if_interrupted(self) -> None:
+        """After a Ray Tune run: a signal that stopped it ends the search here, before the
+        next run starts (that one would not know of it)."""
+        if self.interrupted:
+            raise SearchInterrupted(self.name)
+
     @contextlib.contextmanager
     def during_fit(self) -> Iterator[None]:
         self._in_fit = True

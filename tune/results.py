@@ -21,6 +21,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from training.artifacts import atomic_write, code_version, write_text  # noqa: E402
+from tune.compare import final_value, score_epochs, welch  # noqa: E402
 
 # What the seed reports claimed (../shared/seeds/README.md), selected on the CIFAR-10 test
 # batch and trained on the lossless original: shown for context, not as a measured baseline.
@@ -48,6 +49,7 @@ class TrialRecord:
     error: str | None = None
     path: str = ""
     arch: dict[str, Any] = field(default_factory=dict)  # resolved ArchConfig as a dict
+    role: str = "search"  # search, finalist (a re-run of a top trial) or baseline (a seed)
 
 
 def _stages_text(arch: dict[str, Any]) -> str:
@@ -77,7 +79,9 @@ def _trial_times(path: str, history: pd.DataFrame) -> dict[str, float]:
 
 
 def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
-    """One row per trial: status, parameter count, accuracies, epochs, time, config."""
+    """One row per trial: role, status, parameter count, accuracies, the score of a trial
+    that trained every epoch (what Optuna was told and what ranks the candidates for the
+    winner), epochs, time, config. Ranked: scored trials first, best score first."""
     rows = []
     for r in records:
         h = r.history
@@ -99,13 +103,19 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
             status = "not_run"  # e.g. still waiting for resources when the time budget ended
         else:
             status = "stopped_early"
+        score = math.nan
+        if status == "completed" and has_val:
+            by_epoch = h.drop_duplicates("epoch", keep="last").set_index("epoch")["val_acc"]
+            score = final_value(by_epoch.to_dict(), max_epochs)
         row: dict[str, Any] = {
             "trial_id": r.trial_id,
+            "role": r.role,
             "status": status,
             "error": failure or r.error or "",
             "params": int(r.config.get("params") or (h["params"].iloc[-1] if len(h) else 0)),
             "width_scale": float(r.config.get("width_scale", 1.0)),
             "seed": int(r.config.get("seed", 0)),
+            "score": score,
             "final_val_acc": float(h["val_acc"].iloc[-1]) if has_val else math.nan,
             "best_val_acc": float(h["val_acc"].max()) if has_val else math.nan,
             "best_epoch": int(h["epoch"].iloc[int(h["val_acc"].values.argmax())]) if has_val else 0,
@@ -137,10 +147,13 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
     if len(table):
         # Ties (common on small validation sets) go to the earlier trial, so the same results
         # always name the same best trial: a resumed retrain continues the one it began.
-        keys = ["best_val_acc", "config/trial_number", "trial_id"]
+        keys = ["score", "best_val_acc", "config/trial_number", "trial_id"]
         keys = [k for k in keys if k in table]
         table = table.sort_values(
-            keys, ascending=[False] + [True] * (len(keys) - 1), na_position="last", kind="stable"
+            keys,
+            ascending=[False, False, True, True][: len(keys)],
+            na_position="last",
+            kind="stable",
         )
     return table.reset_index(drop=True)
 
@@ -262,8 +275,8 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _cell(column: str, value: Any) -> str:
-    if column.endswith("_acc"):
-        return f"{value:.2%}"
+    if column.endswith("_acc") or column == "score":
+        return "" if value != value else f"{value:.2%}"
     if isinstance(value, float):
         return f"{value:,.1f}"
     if isinstance(value, int):
@@ -290,9 +303,13 @@ def write_report(
     settings: dict[str, Any],
     importances: dict[str, float] | None = None,
     importances_basis: str = "the completed trials",
+    finalists: pd.DataFrame | None = None,
 ) -> Path:
-    """report.md with its plots beside it."""
+    """report.md with its plots beside it. `table` may hold the finalists' re-runs and the
+    seed baselines too (its `role`); the sections about the search show its own trials."""
     exp_dir = Path(exp_dir)
+    if "role" in table:
+        table = table[table["role"] == "search"]
     if len(table):
         _plot_params_vs_acc(table, exp_dir / "params_vs_acc.png")
         _plot_curves(histories, table, exp_dir / "curves.png")
@@ -354,6 +371,7 @@ def write_report(
                 "status",
                 "params",
                 "stages",
+                "score",
                 "best_val_acc",
                 "epochs_run",
                 "train_seconds",
@@ -361,7 +379,9 @@ def write_report(
         ]
         lines += ["## Best trials", "", _markdown_table(top), ""]
     if best:
-        lines += ["## Best configuration against the seed baselines", ""]
+        lines += ["## The winner", ""]
+        lines += _winner_lines(table, finalists, settings)
+        lines += ["## The winner against the best seed network", ""]
         lines += _comparison_lines(best, final, baseline, settings)
     if final:
         lines += ["## Retrained on train + validation", ""]
@@ -395,6 +415,13 @@ def _file_lines(exp_dir: Path, final: dict[str, Any] | None) -> list[str]:
         if final.get("predictions"):
             retrained += ", `predictions.csv`"
         lines.append(retrained)
+    for folder, what in (
+        ("finalists", "the finalists' re-runs (Ray trials, role `finalist`)"),
+        ("baseline", "the seed networks trained here (Ray trials, role `baseline`)"),
+        ("baseline_final", "the best seed network retrained like the winner: metrics.json"),
+    ):
+        if (exp_dir / folder).exists():
+            lines.append(f"- `{folder}/`: {what}")
     lines.append(f"- TensorBoard: `tensorboard --logdir {exp_dir}`")
     return lines
 
@@ -408,18 +435,65 @@ def gpu_minutes(best: dict[str, Any] | None, final: dict[str, Any] | None) -> fl
     return seconds * best["cluster_gpus"] / 60
 
 
-def _test_text(final: dict[str, Any] | None) -> str:
-    if not final:
-        return "not retrained"
-    n = len(final["test_acc"])
-    return (
-        f"{final['test_acc_mean']:.2%} ± {final['test_acc_std']:.2%} "
-        f"({n} seed{'' if n == 1 else 's'})"
-    )
-
-
 def _minutes_text(minutes: float | None) -> str:
     return f"{minutes:.1f}" if minutes is not None else "no GPU"
+
+
+def _winner_lines(
+    table: pd.DataFrame, finalists: pd.DataFrame | None, settings: dict[str, Any]
+) -> list[str]:
+    """How the winner was chosen, every finalist's mean ± std, and how the order changed."""
+    max_epochs = int(settings.get("max_epochs") or 1)
+    k = score_epochs(max_epochs)
+    complete = int((table["status"] == "completed").sum()) if len(table) else 0
+    stopped = int((table["status"] == "stopped_early").sum()) if len(table) else 0
+    lines = [
+        f"Candidates are the {complete} trial(s) that trained all {max_epochs} epochs ({stopped} "
+        "stopped early by ASHA are not: their accuracy is of an unfinished schedule), ranked "
+        f"by their score, the mean validation accuracy of their last {k} epoch(s): the value "
+        "Optuna was told (the `score` column of trials.parquet).",
+    ]
+    if finalists is None or not len(finalists):
+        return [*lines, ""]
+    reruns = int(settings.get("finalist_seeds") or 0) if int(settings.get("finalists") or 0) else 0
+    if reruns:
+        lines[-1] += (
+            f" The top {len(finalists)} were re-run with {reruns} new seed(s) each at the full "
+            "epochs (role `finalist` in trials.parquet); the winner has the best mean score "
+            "over all its full runs."
+        )
+    lines += [
+        "",
+        "| rank | search rank | trial | network | parameters | full runs | score, mean ± std "
+        "| each run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in finalists.to_dict("records"):
+        lines.append(
+            f"| {row['rank']} | {row['search_rank']} | {row['trial_id']} | {row['stages']} | "
+            f"{row['params']:,} | {row['runs']} | {row['val_mean']:.2%} ± {row['val_std']:.2%} | "
+            + ", ".join(f"{x:.2%}" for x in row["scores"])
+            + " |"
+        )
+    first = finalists.iloc[0]
+    if int(first["search_rank"]) != 1:
+        top = finalists[finalists["search_rank"] == 1].iloc[0]
+        lines += [
+            "",
+            f"The re-runs changed the order: trial {first['trial_id']} (rank "
+            f"{int(first['search_rank'])} in the search) wins over trial {top['trial_id']}, "
+            f"the search's best single run (now rank {int(top['rank'])}).",
+        ]
+    elif len(finalists) > 1:
+        lines += ["", "The re-runs kept the search's best trial first."]
+    return [*lines, ""]
+
+
+def _sides_text(metrics: dict[str, Any] | None, key: str) -> str:
+    if not metrics or key not in metrics:
+        return "not retrained"
+    accs = metrics[key]
+    return f"{metrics[key + '_mean']:.2%} ± {metrics[key + '_std']:.2%} ({len(accs)})"
 
 
 def _comparison_lines(
@@ -428,46 +502,90 @@ def _comparison_lines(
     baseline: dict[str, Any] | None,
     settings: dict[str, Any] | None = None,
 ) -> list[str]:
-    epochs = (final or {}).get("epochs", (settings or {}).get("retrain_epochs", ""))
+    """The winner beside the best seed network, tested identically (same split, epochs, data
+    and retrain seeds, each with and without flip TTA), with Welch's interval, p-value and
+    sentence; or why there is no comparison."""
+    settings = settings or {}
+    epochs = (final or {}).get("epochs", settings.get("retrain_epochs", ""))
+    header = [
+        "| | network | parameters | validation score | test, no TTA: mean ± std (seeds) "
+        "| test, flip TTA: mean ± std (seeds) | epochs | GPU-minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    score = best.get("val_mean", best.get("score", best.get("best_val_acc", math.nan)))
     rows = [
-        "| | network | parameters | validation accuracy | test accuracy, mean ± std | epochs "
-        "| GPU-minutes |",
-        "|---|---|---|---|---|---|---|",
-        f"| this search's best (trial {best['trial_id']}) | {best.get('stages', '')} | "
-        f"{best['params']:,} | {best['best_val_acc']:.2%} | {_test_text(final)} | {epochs} | "
+        f"| the winner (trial {best['trial_id']}) | {best.get('stages', '')} | "
+        f"{best['params']:,} | {score:.2%} | {_sides_text(final, 'test_acc_plain')} | "
+        f"{_sides_text(final, 'test_acc_tta')} | {epochs} | "
         f"{_minutes_text(gpu_minutes(best, final))} |",
     ]
     if baseline is None:
         return [
+            *header,
             *rows,
             "",
-            "No `--space seeds` experiment was found in the storage folder, so there is no "
-            "measured baseline on this data. The seed reports claimed (on the lossless original, "
-            "selected on the test set): "
+            "No seed baseline: run this search with `--baseline seeds` (or a matching "
+            "`--space seeds` experiment in the same storage folder) to compare. The seed "
+            "reports claimed (on the lossless original, selected on the test set): "
             + ", ".join(f"`{k}` {v:.2%}" for k, v in SEED_REPORTED_ACC.items())
             + ".",
             "",
         ]
-    b_final, b_best = baseline.get("final"), baseline.get("best")
-    b_epochs = (b_final or {}).get("epochs", baseline["epochs"])
+    if baseline.get("differences"):
+        return [
+            *header,
+            *rows,
+            "",
+            f"The seed experiment `{baseline['experiment']}` is **not compared**: its settings "
+            "differ from this search's ("
+            + "; ".join(baseline["differences"])
+            + "). Run a matching one with `"
+            + baseline["command"]
+            + "`, or run this search with `--baseline seeds`.",
+            "",
+        ]
+    b_final = baseline.get("final")
     rows.append(
         f"| best seed network (`{baseline['preset']}`) | {baseline.get('stages', '')} | "
-        f"{baseline['params']:,} | {baseline['best_val_acc']:.2%} | {_test_text(b_final)} | "
-        f"{b_epochs} | {_minutes_text(gpu_minutes(b_best, b_final))} |"
+        f"{baseline['params']:,} | {baseline['score']:.2%} | "
+        f"{_sides_text(b_final, 'test_acc_plain')} | {_sides_text(b_final, 'test_acc_tta')} | "
+        f"{(b_final or {}).get('epochs', baseline['epochs'])} | "
+        f"{_minutes_text(gpu_minutes(baseline.get('best'), b_final))} |"
     )
-    lines = [*rows, ""]
-    if final and b_final:
-        gap = (final["test_acc_mean"] - b_final["test_acc_mean"]) * 100
-        lines.append(f"Mean test accuracy, search minus seed baseline: {gap:+.2f} points.")
-    if epochs != b_epochs:
-        lines.append(
-            f"**Not at equal epochs**: this search retrained for {epochs}, the baseline for "
-            f"{b_epochs}; run `--space seeds --max-epochs {epochs}` for a fair comparison."
-        )
+    lines = [*header, *rows, ""]
+    preset_params = baseline.get("preset_params")
+    if preset_params and baseline["params"] < preset_params:
+        lines += [
+            f"The seed networks are scaled in width to this run's budget of "
+            f"{settings.get('budget', 0):,} parameters, keeping their shapes and recipes "
+            f"(`{baseline['preset']}` has {preset_params:,} at its own widths, "
+            f"{baseline['params']:,} here).",
+            "",
+        ]
+    lines += [
+        "Both sides are retrained on train + validation with the same seeds, split, epochs "
+        "and data, and tested on the same test images both without and with flip test-time "
+        "augmentation (the seed recipes train without it, the search's with it). Difference "
+        "of means, winner minus seed network, with Welch's 95% interval:",
+        "",
+    ]
+    for label, key in (("flip TTA", "test_acc_tta"), ("no TTA", "test_acc_plain")):
+        if not final or not b_final or key not in final or key not in b_final:
+            lines.append(f"- {label}: no comparison, a side was not retrained.")
+            continue
+        comparison = welch(final[key], b_final[key])
+        if comparison is None:
+            diff = (final[key + "_mean"] - b_final[key + "_mean"]) * 100
+            lines.append(
+                f"- {label}: {diff:+.2f} points; an interval needs at least 2 retrain seeds "
+                "per side (`--retrain-seeds`)."
+            )
+        else:
+            lines.append(f"- {label}: {comparison.sentence()}")
     lines += [
         "",
-        f"Every seed network's validation accuracy in `{baseline['experiment']}` "
-        "(`--space seeds`, each report's recipe scaled to the same epochs, none stopped early): "
+        f"Every seed network's validation score in `{baseline['experiment']}` (each "
+        "report's recipe at the same epochs, none stopped early): "
         + ", ".join(f"`{k}` {v:.2%}" for k, v in baseline["seed_val_accs"].items())
         + ".",
         "",

@@ -104,7 +104,10 @@ def summarize(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """out/metrics.json over the seeds' runs (test accuracy per seed, mean, std, the seeds'
-    averaged predictions) and, given `predict`, out/predictions.csv from those averages."""
+    averaged predictions) and, given `predict`, out/predictions.csv from those averages.
+    `test_acc` is as the recipe tests (its own flip TTA setting); `test_acc_tta` and
+    `test_acc_plain` test every seed with and without flip TTA, whatever the recipe says,
+    so two retrains compare under the same test-time augmentation."""
     device_obj = checked_device(device)
     accs = [r["test_acc"] for r in per_seed]
     seconds = sum(r["seconds"] for r in per_seed)
@@ -135,6 +138,11 @@ def summarize(
     ]
     if device_obj.type == "cuda" and cfg.channels_last:  # as the seeds trained
         models = [m.to(memory_format=torch.channels_last) for m in models]
+    for key, tta in (("test_acc_tta", True), ("test_acc_plain", False)):
+        per_model = [_accuracy(m, test, cfg, device_obj, tta) for m in models]
+        metrics[key] = per_model
+        metrics[f"{key}_mean"] = statistics.fmean(per_model)
+        metrics[f"{key}_std"] = statistics.stdev(per_model) if len(per_model) > 1 else 0.0
     if len(models) > 1:  # one seed's own test accuracy is already measured
         test_logits = _mean_logits(models, test.images, cfg, device_obj)
         metrics["ensemble_test_acc"] = (
@@ -182,6 +190,13 @@ def retrain(
     )
 
 
+def _accuracy(model: Any, test: ImageSet, cfg: TrainConfig, device: Any, tta: bool) -> float:
+    logits = predict_logits(
+        model, test.images, batch_size=cfg.eval_batch_size, tta_flip=tta, device=device
+    )
+    return (logits.argmax(1).cpu() == test.labels).float().mean().item()
+
+
 def _mean_logits(models: list, images: torch.Tensor, cfg: TrainConfig, device) -> torch.Tensor:
     return torch.stack(
         [
@@ -212,18 +227,20 @@ def retrain_seed_in_storage(
     threads: int,
     log_level: int = logging.INFO,
     extra: dict[str, Any] | None = None,
+    out: str = "final",
 ) -> dict[str, Any]:
-    """`retrain_seed` into the experiment's final/seed_<seed>/, wherever the experiment is
-    stored: run as a Ray task, possibly on another node beside other seeds, it first fetches
-    what an interrupted retrain of this seed left there, and copies its folder back."""
+    """`retrain_seed` into the experiment's out/seed_<seed>/ (final/, or baseline_final/ for
+    the seed baseline), wherever the experiment is stored: run as a Ray task, possibly on
+    another node beside other seeds, it first fetches what an interrupted retrain of this seed
+    left there, and copies its folder back."""
     configure_logging(log_level)
     torch.set_num_threads(threads)
     checked_device(device)  # before anything is fetched
     storage = ExperimentStorage(storage_path, name)
-    folder = f"final/seed_{seed}"
+    folder = f"{out}/seed_{seed}"
     storage.pull(folder)
     metrics = retrain_seed(
-        arch, cfg, train, test, storage.local_dir / "final", seed, device=device, extra=extra
+        arch, cfg, train, test, storage.local_dir / out, seed, device=device, extra=extra
     )
     storage.push(folder)
     return metrics
@@ -246,18 +263,19 @@ def summarize_in_storage(
     log_level: int = logging.INFO,
     predict: ImageSet | None = None,
     extra: dict[str, Any] | None = None,
+    out: str = "final",
 ) -> dict[str, Any]:
-    """`summarize` the seeds' runs in the experiment's final/, wherever it is stored."""
+    """`summarize` the seeds' runs in the experiment's `out` folder, wherever it is stored."""
     configure_logging(log_level)
     torch.set_num_threads(threads)
     storage = ExperimentStorage(storage_path, name)
-    storage.pull("final")
+    storage.pull(out)
     metrics = summarize(
         arch,
         cfg,
         train_images,
         test,
-        storage.local_dir / "final",
+        storage.local_dir / out,
         per_seed,
         seeds=seeds,
         device=device,
@@ -266,5 +284,5 @@ def summarize_in_storage(
         predict=predict,
         extra=extra,
     )
-    storage.push("final")
+    storage.push(out)
     return metrics

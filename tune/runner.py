@@ -164,6 +164,12 @@ def _fixed_trial_configs(settings: SearchSettings) -> list[dict[str, Any]]:
     return configs
 
 
+def finalist_rounds(settings: SearchSettings, concurrency: int) -> int:
+    """Rounds of full trials the finalists' re-runs take, `concurrency` at a time."""
+    runs = settings.finalists * settings.finalist_seeds
+    return -(-runs // max(1, concurrency)) if runs else 0
+
+
 def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbose: int) -> Any:
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -226,7 +232,13 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
             sync_config=ray_tune.SyncConfig(sync_artifacts=True),
             callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
             # --time-budget, counted across resumes (Ray's own time_budget_s restarts).
-            stop=TimeBudget(settings.time_budget_s, settings.storage_path, settings.name)
+            stop=TimeBudget(
+                settings.time_budget_s,
+                settings.storage_path,
+                settings.name,
+                reserve_rounds=finalist_rounds(settings, concurrency),
+                max_epochs=settings.max_epochs,
+            )
             if settings.time_budget_s
             else None,
             verbose=verbose,
@@ -234,12 +246,9 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
     )
 
 
-def run_search(
-    settings: SearchSettings, splits: DataSplits, concurrency: int, log_level: int = logging.INFO
-) -> Any:
-    """Run (or continue) the experiment's trials to the end; Ray's ResultGrid."""
+def _trainable(settings: SearchSettings, splits: DataSplits, log_level: int) -> Any:
+    """The Ray trainable of every trial of the experiment, with its data and resources."""
     from ray import tune as ray_tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from tune.trainable import TrialSettings, run_trial, share_trial_data
 
@@ -253,10 +262,20 @@ def run_search(
         log_level=log_level,
         checkpoint_every_s=settings.checkpoint_every_s,
     )
-    trainable = ray_tune.with_resources(
+    return ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, data=trial_data, settings=trial_settings),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
     )
+
+
+def run_search(
+    settings: SearchSettings, splits: DataSplits, concurrency: int, log_level: int = logging.INFO
+) -> Any:
+    """Run (or continue) the experiment's trials to the end; Ray's ResultGrid."""
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = _trainable(settings, splits, log_level)
     path = settings.storage.uri
     if ray_tune.Tuner.can_restore(path):
         logger.info("resuming the search in %s", path)
@@ -271,4 +290,53 @@ def run_search(
         tuner = make_tuner(
             settings, trainable, concurrency, verbose=1 if log_level <= logging.INFO else 0
         )
+    return tuner.fit()
+
+
+def run_fixed_trials(
+    settings: SearchSettings,
+    splits: DataSplits,
+    configs: list[dict[str, Any]],
+    part: str,
+    concurrency: int,
+    log_level: int = logging.INFO,
+) -> Any:
+    """Run (or continue) fixed trial configurations as a Ray experiment of their own in the
+    experiment's folder `part/` (the finalists' re-runs, the seed baselines): each trains its
+    whole schedule (FIFO, never stopped early), packed on the trial resources like the
+    search's trials. A resumed one keeps its finished trials. Ray's ResultGrid."""
+    from ray import tune as ray_tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tune.fixed_trials import FixedTrials
+
+    trainable = _trainable(settings, splits, log_level)
+    path = f"{settings.storage.uri}/{part}"
+    if ray_tune.Tuner.can_restore(path):
+        logger.info("resuming %s in %s", part, path)
+        tuner = ray_tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        return tuner.fit()
+    tuner = ray_tune.Tuner(
+        trainable,
+        param_space={},
+        tune_config=ray_tune.TuneConfig(
+            search_alg=FixedTrials(configs),
+            scheduler=FIFOScheduler(),
+            metric="val_acc",
+            mode="max",
+            num_samples=len(configs),
+            trial_dirname_creator=short_trial_dirname,
+            max_concurrent_trials=max(1, min(concurrency, len(configs))),
+        ),
+        run_config=ray_tune.RunConfig(
+            name=part,
+            storage_path=settings.storage.uri,
+            failure_config=ray_tune.FailureConfig(max_failures=2),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            sync_config=ray_tune.SyncConfig(sync_artifacts=True),
+            callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
+            verbose=1 if log_level <= logging.INFO else 0,
+        ),
+    )
     return tuner.fit()

@@ -2,8 +2,9 @@
 
 Read `main` and `search` as the table of contents of a search; each step lives in the module
 it names: the arguments (tune.cli), the experiment's settings and storage (tune.settings),
-Ray and the trials (tune.runner, tune.trainable), and what comes after them (tune.finalize).
-The arguments are parsed before anything imports torch or Ray, so `--help` and a mistyped
+Ray and the trials (tune.runner, tune.trainable), and what comes after them: the finalists,
+the winner, the retrains and the comparison with the seed baseline (tune.finalize,
+tune.compare). The arguments are parsed before anything imports torch or Ray, so `--help` and a mistyped
 option answer at once. Ctrl-C or SIGTERM stops a search cleanly (tune.interrupt).
 """
 
@@ -55,7 +56,15 @@ def main(argv: list[str] | None = None) -> int:
 def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> int:
     from models import BudgetTooSmallError
     from training.data import DEFAULT_VAL_SIZE, DataError, load_cifar10, load_images, make_splits
-    from tune.finalize import report, retrain_best, summarize_trials
+    from tune.finalize import (
+        collect_records,
+        report,
+        retrain_baseline,
+        retrain_best,
+        run_finalists,
+        run_seed_baseline,
+        summarize_trials,
+    )
     from tune.ray_compat import declared_node_types
     from tune.runner import (
         check_resources,
@@ -103,27 +112,42 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
         f"{len(splits.train):,} train / {len(splits.val):,} val images; folder {storage.uri}"
     )
 
-    # 3. The trials. Interrupted, the search ends here: no winner, retrain or report for a
-    # search that did not finish; its trials continue when it is resumed.
-    search_started = time.perf_counter()
+    # 3. The trials: the seed baselines with --baseline seeds, the search, the finalists.
+    # Interrupted, the search ends after the Ray Tune run in progress: no winner, retrain or
+    # report for a search that did not finish; its trials continue when it is resumed.
+    started = time.perf_counter()
     declared = declared_node_types() if args.address else None
     concurrency = trial_concurrency(settings, nodes, args.max_concurrent_trials, declared)
     with stop.during_fit():
+        baseline_records, baseline = run_seed_baseline(settings, splits, concurrency)
+    stop.raise_if_interrupted()
+    search_started = time.perf_counter()
+    with stop.during_fit():
         grid = run_search(settings, splits, concurrency, project_level())
-    if stop.interrupted:
-        raise SearchInterrupted(stop.name)
+    stop.raise_if_interrupted()
+    records = collect_records(grid)
+    with stop.during_fit():
+        records += run_finalists(settings, splits, records, concurrency)
+    stop.raise_if_interrupted()
+    search_seconds = time.perf_counter() - search_started
 
-    # 4. The results table, the best configuration, its retrain and the report.
+    # 4. The results table, the winner, its retrain and the baseline's, and the report.
     outcome = summarize_trials(
-        grid, settings, time.perf_counter() - search_started, cluster_gpus(nodes)
+        records + baseline_records, settings, search_seconds, cluster_gpus(nodes), baseline
     )
     if outcome.best is None:
         report(settings, outcome, None)
         logger.error(
-            "every trial failed; see the error column of trials.parquet and the trials' error.txt"
+            "no trial trained every epoch, so there is no winner; see the status and error "
+            "columns of trials.parquet (and the trials' error.txt), or give the search more "
+            "time or trials"
         )
         return 1
-    final = None if args.skip_retrain else retrain_best(settings, outcome.best, splits, predict)
+    final = None
+    if not args.skip_retrain:
+        final = retrain_best(settings, outcome.best, splits, predict)
+        outcome.baseline = retrain_baseline(settings, outcome.baseline, splits)
+    logger.info("all of it took %.1f min", (time.perf_counter() - started) / 60)
     report(settings, outcome, final)
     logger.info(f"report: {storage.uri}/report.md\nTensorBoard: tensorboard --logdir {storage.uri}")
     return 0

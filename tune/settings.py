@@ -49,6 +49,10 @@ class SearchSettings:
     time_budget_s: float | None = None  # no trial starts after this many seconds; None = none
     # A trial checkpoints at most this often (seconds) and after its last epoch; 0: every epoch
     checkpoint_every_s: float = 60.0
+    # Defaults for settings saved before these existed: no finalists, no baseline run.
+    finalists: int = 0  # top configurations re-run at full epochs before picking the winner
+    finalist_seeds: int = 1  # new seeds per finalist
+    baseline: str = "none"  # "seeds": train the seed networks in this experiment to compare
 
     @property
     def storage(self) -> ExperimentStorage:
@@ -169,6 +173,9 @@ def resolve_settings(
         reduced="" if defaults is FULL else reduced_message(args),
         time_budget_s=args.time_budget,
         checkpoint_every_s=getattr(args, "checkpoint_every", 60.0),
+        finalists=pick["finalists"],
+        finalist_seeds=pick["finalist_seeds"],
+        baseline=args.baseline,
     )
 
 

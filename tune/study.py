@@ -7,8 +7,9 @@ storage="sqlite:///EXPERIMENT/study.db")` reads it from Python, and a resume con
 
 What a trial's outcome is, as Optuna understands it (`tell_outcome`): every epoch's
 validation accuracy is an intermediate value, a trial that ASHA stopped is PRUNED, one that
-ran to the end is COMPLETE with its final value, and one that failed is FAIL. The Ray Tune
-searcher that drives the study is `tune.searcher.StudySearcher`.
+ran to the end is COMPLETE with its score (`final_value`: the mean validation accuracy of its
+last few epochs), and one that failed is FAIL. The Ray Tune searcher that drives the study is
+`tune.searcher.StudySearcher`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tune.compare import final_value
 from tune.storage import ExperimentStorage
 
 STUDY_FILE = "study.db"
@@ -53,8 +55,8 @@ def tell_outcome(
     error: bool,
     max_epochs: int,
 ) -> None:
-    """Tell the study how a trial ended: COMPLETE with its final value if it trained every
-    epoch, PRUNED if it was stopped before (by ASHA, or by the time budget after at least one
+    """Tell the study how a trial ended: COMPLETE with its score (`final_value`) if it
+    trained every epoch, PRUNED if it was stopped before (by ASHA, or by the time budget after at least one
     epoch), FAIL if it raised, reported a failure (NaN, out of memory) or never ran."""
     if study.trials[number].state != TrialState.RUNNING:
         return
@@ -63,8 +65,9 @@ def tell_outcome(
         reason = (result or {}).get("failure") or ("raised an error" if error else "never ran")
         running_trial(study, number).set_user_attr("failure", str(reason))
         study.tell(number, state=TrialState.FAIL)
-    elif int(result.get("training_iteration", 0)) >= max_epochs:
-        study.tell(number, float(result[METRIC]))
+    elif (iteration := int(result.get("training_iteration", 0))) >= max_epochs:
+        values = {**study.trials[number].intermediate_values, iteration: float(result[METRIC])}
+        study.tell(number, final_value(values, max_epochs))
     else:
         study.tell(number, state=TrialState.PRUNED)
 

@@ -5,11 +5,16 @@ search interrupted after 40 of its 45 minutes would run 45 more. `TimeBudget` is
 stopper that counts the search's running time into `search_clock.txt` in the experiment
 (one line of JSON) and, resumed, continues from what the clock says: once the total reaches the
 budget, no trial starts and running trials stop, and the search goes on to its retrain.
+
+With finalists to run after the search, the search stops earlier by the time they will
+take (`reserve_rounds` rounds of a full trial at the median seconds per epoch seen so far, at
+most half the budget), so that the finalists fit in the budget too.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +37,19 @@ def elapsed_before(storage: ExperimentStorage) -> float:
 
 
 class TimeBudget(Stopper):
-    def __init__(self, budget_s: float, storage_path: str, name: str) -> None:
+    def __init__(
+        self,
+        budget_s: float,
+        storage_path: str,
+        name: str,
+        reserve_rounds: int = 0,
+        max_epochs: int = 0,
+    ) -> None:
         self.budget_s = budget_s
         self.storage_path, self.name = storage_path, name
+        # Rounds of full trials that run after the search (the finalists), each max_epochs long.
+        self.reserve_rounds, self.max_epochs = reserve_rounds, max_epochs
+        self._epoch_seconds: dict[str, float] = {}  # trial id -> its seconds per epoch
         self._start_clock()
 
     def _start_clock(self) -> None:
@@ -44,6 +59,8 @@ class TimeBudget(Stopper):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled by Tuner.restore: this run's clock starts now, from the saved total.
+        # (Experiments saved before finalists existed reserve nothing.)
+        self.__dict__.update({"reserve_rounds": 0, "max_epochs": 0, "_epoch_seconds": {}})
         self.__dict__.update(state)
         self._start_clock()
 
@@ -51,11 +68,22 @@ class TimeBudget(Stopper):
     def elapsed_s(self) -> float:
         return self._before + time.monotonic() - self._started
 
+    @property
+    def reserve_s(self) -> float:
+        """Seconds kept for the finalists: what their rounds of full trials will take."""
+        if not self.reserve_rounds or not self._epoch_seconds:
+            return 0.0
+        per_epoch = statistics.median(self._epoch_seconds.values())
+        return min(self.budget_s / 2, self.reserve_rounds * self.max_epochs * per_epoch)
+
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        iterations = result.get("training_iteration") or 0
+        if iterations and result.get("time_total_s"):
+            self._epoch_seconds[trial_id] = float(result["time_total_s"]) / iterations
         return False  # the budget is the experiment's, not a trial's
 
     def stop_all(self) -> bool:
-        spent = self.elapsed_s >= self.budget_s
+        spent = self.elapsed_s >= self.budget_s - self.reserve_s
         if spent or time.monotonic() - self._written >= WRITE_INTERVAL_S:
             self.save_clock()
         return spent
