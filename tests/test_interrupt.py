@@ -92,6 +92,10 @@ def test_ctrl_c_stops_the_search_and_its_retrain_and_the_resumed_study_agrees_wi
         str(max_epochs),  # ASHA stops none: any PRUNED trial would be the interruption's
         "--subset",
         "200",
+        "--finalists",
+        "0",
+        "--retrain-seeds",
+        "1",
         "--retrain-epochs",
         "40",  # long enough to be interrupted
         "--cpus-per-trial",
@@ -157,7 +161,7 @@ def test_ctrl_c_stops_the_search_and_its_retrain_and_the_resumed_study_agrees_wi
         assert trial.intermediate_values == epochs, row["trial_id"]
         if trial.state.name == "COMPLETE":
             assert row["epochs_run"] == max_epochs
-            assert trial.value == pytest.approx(row["final_val_acc"])
+            assert trial.value == pytest.approx(row["score"])
     metrics = json.loads((exp / "final" / "metrics.json").read_text())
     assert metrics["epochs"] == 40
 
