@@ -11,6 +11,7 @@ from pathlib import Path
 from models import DEFAULT_BUDGET
 from search_spaces import SPACES, get_space, list_spaces
 from training.logs import add_verbosity_flags
+from tune.rungs import DEFAULT_REDUCTION_FACTOR
 
 
 class UsageError(ValueError):
@@ -24,7 +25,7 @@ class Defaults:
     budget: int  # trainable parameters per network
     num_samples: int  # trials
     max_epochs: int  # epochs of a trial that ASHA never stops
-    grace_period: int  # ASHA: epochs before a trial may be stopped
+    grace_period: int | None  # ASHA: epochs before the first rung; None: tune.rungs' rule
     retrain_seeds: int  # seeds of the final retrain
     subset: int | None  # training images used (None: all)
     max_batch_size: int | None  # cap on every trial's and the retrain's batch size (no flag)
@@ -34,7 +35,7 @@ FULL = Defaults(
     budget=DEFAULT_BUDGET,
     num_samples=64,
     max_epochs=30,
-    grace_period=4,
+    grace_period=None,
     retrain_seeds=3,
     subset=None,
     max_batch_size=None,
@@ -46,7 +47,7 @@ REDUCED = Defaults(
     budget=60_000,
     num_samples=6,
     max_epochs=6,
-    grace_period=2,
+    grace_period=None,
     retrain_seeds=1,
     subset=5_000,
     # CPU training keeps every activation of a batch in host memory: batch 1024 through a
@@ -116,8 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop the search after this long (e.g. 90s, 45m, 2h), then retrain the best",
     )
     a("--max-epochs", type=int, help=f"epochs of a trial ({_both('max_epochs')})")
-    a("--grace-period", type=int, help=f"ASHA: epochs before a stop ({_both('grace_period')})")
-    a("--reduction-factor", type=int, default=2, help="ASHA: keep 1/this many at each rung")
+    a(
+        "--grace-period",
+        type=int,
+        help="ASHA: epochs before the first rung (default: max(2, max-epochs / 9 rounded up): "
+        "4 of 30 epochs, 2 of 6)",
+    )
+    a(
+        "--reduction-factor",
+        type=int,
+        default=DEFAULT_REDUCTION_FACTOR,
+        help="ASHA: keep 1/this many at each rung; rungs at grace-period x this^k "
+        "(default: %(default)s)",
+    )
     a("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (1; 0 on CPU)")
     a("--cpus-per-trial", type=float, default=1, help="CPUs per trial")
     a(
@@ -138,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--name", help="experiment name (default: SPACE-DATE-TIME); an existing one resumes")
     a("--resume", action="store_true", help="continue the experiment --name (or the latest)")
     a("--seed", type=int, default=0, help="seeds the searcher and, derived, every trial")
+    a(
+        "--warm-start",
+        metavar="EXPERIMENT",
+        help="start the study from the finished trials of an earlier experiment in the same "
+        "--storage-path (same space and --max-epochs), so TPE does not start from zero",
+    )
     a("--retrain-epochs", type=int, help="epochs of the final retrain (default: --max-epochs)")
     a("--retrain-seeds", type=int, help=f"seeds of the final retrain ({_both('retrain_seeds')})")
     a("--predict", help="unlabeled pickle (b'data', b'ids') to write final/predictions.csv for")

@@ -51,7 +51,7 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
     """The Ray function trainable."""
     configure_logging(settings.log_level)
     torch.set_num_threads(settings.threads)
-    arch, cfg = trial_configs(config, settings.max_epochs)
+    arch, cfg = trial_configs(config, settings.max_epochs, rungs=True)
     cfg = cap_batch_size(cfg, settings.max_batch_size).replace(seed=config["seed"])
     cfg, note = fit_batch_to_data(cfg, len(data.train))
     if note:
@@ -118,14 +118,18 @@ def run_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings)
         train(arch, cfg, data, report=report, device=device, resume=resume)
     except (NonFiniteLossError, torch.cuda.OutOfMemoryError) as e:
         # Retrying cannot help (the same configuration fails the same way), so the trial
-        # ends here with its reason; val_acc 0 tells the searcher this region is bad.
+        # ends here with its reason, which the searcher tells Optuna as a failed region
+        # (tune.study.tell_outcome). Its val_acc is NaN, not 0: ASHA's cut is a percentile
+        # that ignores NaN, so a failure never lowers a rung's bar for the others.
         reason = f"{type(e).__name__}: {e}"
         if isinstance(e, torch.cuda.OutOfMemoryError):
             reason += (
                 f" (batch size {cfg.batch_size}, {params:,} parameters; give each trial more "
                 "GPU memory with a larger --gpus-per-trial)"
             )
-        ray_tune.report({**last, **node_info, "params": params, "val_acc": 0.0, "failure": reason})
+        ray_tune.report(
+            {**last, **node_info, "params": params, "val_acc": math.nan, "failure": reason}
+        )
     finally:
         writer.file_writer.add_summary(end_info)
         writer.close()

@@ -1,0 +1,1 @@
+"""Measurements above the library: scripts that print a table and write a file."""
