@@ -1,6 +1,8 @@
 """Rungs that judge finished schedules: the warm-up-stable-decay schedule, the decay branch a
 trial evaluates at each rung, and where the rungs sit."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -118,3 +120,17 @@ def test_the_branch_epochs_are_exactly_the_asha_rungs_of_every_bracket(max_t, gr
     ray_rungs = {m for b in scheduler._brackets for m, _ in b._rungs if m < max_t}
     assert set(asha_milestones(max_t, grace, rf, brackets)) == ray_rungs
     assert all(isinstance(m, int) for m in asha_milestones(max_t, grace, rf, brackets))
+
+
+def test_a_trial_evaluates_branches_at_its_rungs_and_a_retrain_does_not():
+    from search_spaces import get_space, trial_configs
+
+    space = get_space("efficient_resnet")
+    point = dict(space.starting_points[0])
+    config = {**point, "space": "efficient_resnet", "width_scale": 0.5, "rung_epochs": [4, 12]}
+    _, trial_cfg = trial_configs(config, 30, rungs=True)
+    assert trial_cfg.decay_eval_epochs == (4, 12) and trial_cfg.schedule == "wsd"
+    _, retrain_cfg = trial_configs(config, 30)
+    assert retrain_cfg.decay_eval_epochs == ()
+    source = (Path(__file__).resolve().parents[1] / "tune" / "trainable.py").read_text()
+    assert "trial_configs(config, settings.max_epochs, rungs=True)" in source

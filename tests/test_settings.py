@@ -9,6 +9,7 @@ import pytest
 
 from training.data import CifarData, make_splits
 from tune.cli import FULL, REDUCED, UsageError, build_parser
+from tune.rungs import default_grace_period
 from tune.settings import SearchSettings, open_storage, resolve_settings
 from tune.storage import ExperimentStorage
 
@@ -23,6 +24,8 @@ def _resolve(argv: list[str], have_gpu: bool, tmp_path) -> SearchSettings:
 def test_without_a_gpu_unset_options_take_the_reduced_values_and_the_message_says_so(tmp_path):
     settings = _resolve([], have_gpu=False, tmp_path=tmp_path)
     for key, value in asdict(REDUCED).items():
+        if value is None and key == "grace_period":  # derived from the run's length
+            value = default_grace_period(settings.max_epochs)
         assert getattr(settings, key) == value, key
     for key in ("budget", "num_samples", "max_epochs", "subset"):
         value = getattr(REDUCED, key)
@@ -39,6 +42,8 @@ def test_with_a_gpu_or_full_the_full_defaults_apply(argv, tmp_path):
     settings = _resolve(argv, have_gpu=not argv, tmp_path=tmp_path)
     assert settings.reduced == ""
     for key, value in asdict(FULL).items():
+        if value is None and key == "grace_period":  # derived from the run's length
+            value = default_grace_period(settings.max_epochs)
         assert getattr(settings, key) == value, key
 
 
