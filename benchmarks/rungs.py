@@ -21,6 +21,7 @@ Sized for a CPU: a few thousand images, networks of a 60k-parameter budget, batc
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import os
@@ -231,18 +232,45 @@ def rung_epochs(epochs: int, reduction_factor: int = 3) -> tuple[int, ...]:
     return asha_milestones(epochs, default_grace_period(epochs), reduction_factor)
 
 
+def compare(before_path: str, after_path: str) -> str:
+    """A markdown table of the two runs' figures side by side, epoch by epoch."""
+    before = json.loads(Path(before_path).read_text())
+    after = json.loads(Path(after_path).read_text())
+    stable = [r["main_val_acc"] for r in after["runs"]]
+    lines = [
+        "| epoch | before: rho | before: regret | after: rho | after: regret "
+        "| after, main run without the branch: rho | regret |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b, a in zip(before["figures"], after["figures"], strict=True):
+        e = b["epoch"]
+        rung = " (rung)" if e in after["rungs"] else ""
+        s = rank_figures(stable, e)  # the last epoch has no branch: the same final
+        lines.append(
+            f"| {e}{rung} | {b['rho']:.2f} | {b['regret'] * 100:.1f} | {a['rho']:.2f} "
+            f"| {a['regret'] * 100:.1f} | {s['rho']:.2f} | {s['regret'] * 100:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="CIFAR-10 folder or archive")
-    p.add_argument("--mode", choices=["before", "after"], required=True)
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print both runs")
+    p.add_argument("--data", help="CIFAR-10 folder or archive")
+    p.add_argument("--mode", choices=["before", "after"])
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--train-images", type=int, default=4000)
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--budget", type=int, default=60_000)
     p.add_argument("--max-batch", type=int, default=128)
     p.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
-    p.add_argument("--out", required=True, help="JSON file for the curves and figures")
+    p.add_argument("--out", help="JSON file for the curves and figures")
     args = p.parse_args(argv)
+    if args.compare:
+        print(compare(*args.compare))
+        return 0
+    if not (args.data and args.mode and args.out):
+        p.error("--data, --mode and --out are required (or --compare BEFORE AFTER)")
 
     global _SPLITS
     data = load_cifar10(args.data)
