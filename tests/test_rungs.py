@@ -134,3 +134,16 @@ def test_a_trial_evaluates_branches_at_its_rungs_and_a_retrain_does_not():
     assert retrain_cfg.decay_eval_epochs == ()
     source = (Path(__file__).resolve().parents[1] / "tune" / "trainable.py").read_text()
     assert "trial_configs(config, settings.max_epochs, rungs=True)" in source
+
+
+@pytest.mark.parametrize(("epochs", "brackets"), [(6, 1), (15, 2), (30, 2)])
+def test_a_second_bracket_only_where_it_has_a_rung_of_its_own(epochs, brackets):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tune.rungs import asha_brackets
+
+    grace = default_grace_period(epochs)
+    assert asha_brackets(epochs, grace, 3) == brackets
+    scheduler = ASHAScheduler(max_t=epochs, grace_period=grace, reduction_factor=3, brackets=2)
+    second = [m for m, _ in scheduler._brackets[1]._rungs if m < epochs]
+    assert bool(second) == (brackets == 2)

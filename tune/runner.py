@@ -11,15 +11,11 @@ from search_spaces import derive_seed, get_space
 from training.data import DataSplits
 from tune.cli import UsageError
 from tune.ray_compat import bind_local_ray_to_loopback, refill_asha_rungs, restored_scheduler
-from tune.rungs import asha_milestones
+from tune.rungs import asha_brackets, asha_milestones
 from tune.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
 
-# One ASHA bracket: with the decay branches the first rung already ranks good configurations
-# as their finished runs do (docs/results.md), and a second bracket, whose first rung is the
-# first one's second, would spend a share of the trials on epochs that decide nothing new.
-ASHA_BRACKETS = 1
 
 # Set before Ray is imported: our own TensorBoard writer replaces Ray's, the experiment
 # state is saved every 5 s (a killed driver loses little), and logs are not de-duplicated.
@@ -177,15 +173,18 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
         # a complete schedule per rung budget because that needs a restart (or a re-warm-up)
         # of every promoted trial; the branches cost a fifth of the epochs up to each rung
         # (docs/results.md measures both the ranking and the cost).
+        brackets = asha_brackets(
+            settings.max_epochs, settings.grace_period, settings.reduction_factor
+        )
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
             max_t=settings.max_epochs,
             grace_period=settings.grace_period,
             reduction_factor=settings.reduction_factor,
-            brackets=ASHA_BRACKETS,
+            brackets=brackets,
         )
         rungs = asha_milestones(
-            settings.max_epochs, settings.grace_period, settings.reduction_factor, ASHA_BRACKETS
+            settings.max_epochs, settings.grace_period, settings.reduction_factor, brackets
         )
         # The study enqueues the space's known-good configurations as its first trials;
         # they are trained and judged like every other trial.
