@@ -306,6 +306,8 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
         str(max_epochs),
         "--grace-period",
         "1",
+        "--reduction-factor",  # rungs at epochs 1 and 2
+        "2",
         "--subset",
         "200",
         "--skip-retrain",
