@@ -35,6 +35,7 @@ CONSTANT_KEYS = (
     "width_scale",
     "seed",
     "trial_number",
+    "rung_epochs",  # the search's ASHA rungs: the trial evaluates a decay branch at each
 )
 
 
@@ -49,14 +50,19 @@ def derive_seed(base_seed: int, trial_number: int) -> int:
 
 
 def trial_configs(
-    config: dict[str, Any], max_epochs: int | None = None
+    config: dict[str, Any], max_epochs: int | None = None, *, rungs: bool = False
 ) -> tuple[ArchConfig, TrainConfig]:
     """(ArchConfig, TrainConfig) of a trial's config: the network its sample was fitted to
-    (the width scale travels in the config; nothing is searched again)."""
+    (the width scale travels in the config; nothing is searched again). With `rungs`, the
+    training config evaluates a decay branch at the search's rungs (the trial itself; a
+    retrain of the configuration does not)."""
     from search_spaces.spaces import get_space
 
     space = get_space(config["space"])
-    return space.configs(raw_params(config), config.get("width_scale", 1.0), max_epochs)
+    arch, cfg = space.configs(raw_params(config), config.get("width_scale", 1.0), max_epochs)
+    if rungs and config.get("rung_epochs"):
+        cfg = cfg.replace(decay_eval_epochs=tuple(int(e) for e in config["rung_epochs"]))
+    return arch, cfg
 
 
 # What a define-by-run function receives: an optuna.Trial, or anything with its suggest_*.

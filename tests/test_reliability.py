@@ -107,13 +107,18 @@ def test_out_of_memory_fails_that_trial_alone_with_its_reason(faulty_search):
     assert row["epochs_run"] == 1
 
 
-def test_the_study_records_failures_as_failed_and_the_restarted_trial_as_complete(
+def test_the_study_records_failures_against_their_region_and_the_restarted_trial_as_complete(
     faulty_search,
 ):
     exp, table = faulty_search
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{exp}/study.db")
     states = {t.number: t.state.name for t in study.trials}
-    assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "FAIL", 4: "COMPLETE"}
+    # A failed configuration is PRUNED at its last epoch and infeasible, which TPE ranks
+    # below every trial that trained (FAIL it would ignore).
+    assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "PRUNED", 3: "PRUNED", 4: "COMPLETE"}
+    assert [n for n, t in enumerate(study.trials) if t.constraints] == [2, 3]
+    assert all(v > 0 for n in (2, 3) for v in study.trials[n].constraints.values())
+    assert study.trials[2].value == study.trials[2].intermediate_values[1]
     reasons = {t.number: t.user_attrs.get("failure", "") for t in study.trials}
     assert "NonFiniteLossError" in reasons[2] and "OutOfMemoryError" in reasons[3]
     # The killed and restarted trial reported each epoch once, in order.

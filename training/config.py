@@ -14,12 +14,12 @@ from models.arch import known_fields
 from training.data import DEFAULT_VAL_SIZE
 
 Optimizer = Literal["sgd", "adamw"]
-Schedule = Literal["cosine", "onecycle", "step", "cosine_restarts", "constant"]
+Schedule = Literal["cosine", "onecycle", "step", "cosine_restarts", "constant", "wsd"]
 AutoAugment = Literal["none", "autoaugment", "trivialaugment"]
 WeightAveraging = Literal["none", "ema", "swa"]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
-SCHEDULES: tuple[str, ...] = ("cosine", "onecycle", "step", "cosine_restarts", "constant")
+SCHEDULES: tuple[str, ...] = ("cosine", "onecycle", "step", "cosine_restarts", "constant", "wsd")
 AUTO_AUGMENTS: tuple[str, ...] = ("none", "autoaugment", "trivialaugment")
 WEIGHT_AVERAGINGS: tuple[str, ...] = ("none", "ema", "swa")
 
@@ -84,6 +84,16 @@ class TrainConfig:
     step_gamma: float = 0.1
     restart_epochs: int = 10  # cosine_restarts: first period in epochs (T_0)
     restart_mult: int = 2  # cosine_restarts: period growth factor (T_mult)
+    # wsd (warm-up, stable, decay): after the warm-up the rate holds at lr until the last
+    # decay_fraction of the run, then falls linearly to 0. A decay branch (below) is as long
+    # as this fraction of the epochs trained so far.
+    decay_fraction: float = 0.2
+    # After each of these epochs (1-based), a decay branch runs on a copy of the weights and
+    # optimizer: decay_fraction x the epochs so far, the rate falling linearly from its
+    # current value to 0; the epoch then reports the branch's val_acc/val_loss (what the run
+    # would reach if it ended there) and the main run's as stable_val_acc/stable_val_loss.
+    # The main run continues unchanged. A search sets these to its ASHA rungs; () = none.
+    decay_eval_epochs: tuple[int, ...] = ()
     label_smoothing: float = 0.0
     grad_clip_value: float = 0.0  # clamp every gradient element to +-value; 0 = off
     grad_clip_norm: float = 0.0  # rescale gradients to this global L2 norm; 0 = off
@@ -122,6 +132,10 @@ class TrainConfig:
             problems.append(f"val_size={self.val_size} must be >= 0")
         if self.lookahead_k < 0:
             problems.append(f"lookahead_k={self.lookahead_k} must be >= 0")
+        if not 0.0 < self.decay_fraction < 1.0:
+            problems.append(f"decay_fraction={self.decay_fraction} must be in (0, 1)")
+        if any(e < 1 for e in self.decay_eval_epochs):
+            problems.append(f"decay_eval_epochs={self.decay_eval_epochs} must all be >= 1")
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
@@ -136,12 +150,15 @@ class TrainConfig:
             if "erasing_scale" in aug:
                 aug["erasing_scale"] = tuple(aug["erasing_scale"])
             values["augment"] = AugmentConfig(**aug)
+        if "decay_eval_epochs" in values:  # a list in JSON
+            values["decay_eval_epochs"] = tuple(values["decay_eval_epochs"])
         return cls(**values)
 
     def with_epochs(self, epochs: int) -> TrainConfig:
         """The same recipe over `epochs` epochs: every epoch-valued setting (warm-up, step
         decay interval, warm-restart period) keeps its share of the run; the others are
-        already fractions of it (SWA start, mixing, one-cycle rise)."""
+        already fractions of it (SWA start, mixing, one-cycle rise, the wsd decay). The decay
+        branches' epochs are a search's rungs, set for the run they are in: kept as they are."""
         scale = epochs / self.epochs
         return self.replace(
             epochs=epochs,

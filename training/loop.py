@@ -14,6 +14,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -109,6 +110,19 @@ def _make_scheduler(
         main = CosineAnnealingWarmRestarts(
             optimizer, T_0=cfg.restart_epochs * steps_per_epoch, T_mult=cfg.restart_mult
         )
+    elif cfg.schedule == "wsd":
+        # Warm-up, stable, decay (Hägele et al. 2024): at the rate until the last
+        # decay_fraction of the run, then linearly to 0. While the rate is stable, the
+        # accuracy a run would reach if it ended now is one short decay away, which is what
+        # the decay branches of a search's rungs measure (see `_decay_branch`).
+        decay_start = max(warmup, total - max(1, round(cfg.decay_fraction * total)))
+        span = total - decay_start
+
+        def wsd(step: int) -> float:
+            at = warmup + step  # SequentialLR counts the main schedule from the warm-up's end
+            return 1.0 if at < decay_start else max(0.0, (total - at) / span)
+
+        main = LambdaLR(optimizer, wsd)
     else:
         main = LambdaLR(optimizer, lambda _: 1.0)
     if warmup <= 0:
@@ -405,24 +419,10 @@ def train(
         seen = 0
         in_swa = state.cfg.weight_averaging == "swa" and epoch >= state.swa_start_epoch
         for index in _batches(n, cfg.batch_size, state.generator):
-            images = augment_batch(train_set.images[index], cfg.augment, state.generator)
-            x = normalize(images)
-            if cuda and cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            labels = train_set.labels[index]
-            x, targets = mix_batch(
-                x, labels, num_classes, cfg.augment, state.generator, active=epoch < mix_epochs
-            )
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
-                logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip_value > 0:
-                nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
-            if cfg.grad_clip_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm, foreach=True)
-            state.optimizer.step()
+            loss, logits, labels = _train_step(
+                step_model, model, state.optimizer, train_set, index, cfg, state.generator,
+                num_classes=num_classes, active_mix=epoch < mix_epochs,
+            )  # fmt: skip
             if state.lookahead:
                 state.lookahead.step()
             if in_swa and state.swa_scheduler:
@@ -431,8 +431,8 @@ def train(
                 state.scheduler.step()
             if state.ema_update is not None:
                 state.ema_update()
-            loss_sum += loss.detach() * len(index)
-            correct += (logits.detach().argmax(1) == labels).sum()
+            loss_sum += loss * len(index)
+            correct += (logits.argmax(1) == labels).sum()
             seen += len(index)
         if in_swa:
             state.averager.update_parameters(model)
@@ -466,6 +466,13 @@ def train(
             metrics["val_loss"], metrics["val_acc"] = evaluate(
                 state.inference_model(), val_set, cfg, device
             )
+            if _branch_due(cfg, state.epoch, steps):
+                metrics["stable_val_loss"] = metrics["val_loss"]
+                metrics["stable_val_acc"] = metrics["val_acc"]
+                branch = _decay_branch(state, train_set, val_set, epoch < mix_epochs)
+                metrics.update(branch)
+                state.elapsed += branch["decay_branch_seconds"]
+                metrics["train_seconds"] = state.elapsed
         state.history.append(metrics)
         if report is not None:
             report(metrics, state)
@@ -489,6 +496,104 @@ def train(
     if splits.test is not None and len(splits.test) and splits.test.labels is not None:
         final["test_loss"], final["test_acc"] = evaluate(final_model, splits.test, cfg, device)
     return TrainResult(model=final_model, metrics=final, history=state.history)
+
+
+def _train_step(
+    step_model: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set: ImageSet,
+    index: torch.Tensor,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    *,
+    num_classes: int,
+    active_mix: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on the batch `index`: (loss, logits, labels), detached."""
+    device = train_set.images.device
+    cuda = device.type == "cuda"
+    images = augment_batch(train_set.images[index], cfg.augment, generator)
+    x = normalize(images)
+    if cuda and cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    labels = train_set.labels[index]
+    x, targets = mix_batch(x, labels, num_classes, cfg.augment, generator, active=active_mix)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
+        logits = step_model(x)
+    loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip_value > 0:
+        nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
+    if cfg.grad_clip_norm > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm, foreach=True)
+    optimizer.step()
+    return loss.detach(), logits.detach(), labels
+
+
+def _branch_due(cfg: TrainConfig, epoch: int, steps: int) -> bool:
+    """Whether the epoch just trained (1-based) ends with a decay branch: it is one of
+    `decay_eval_epochs`, not the last epoch, and (wsd) the main run has not begun its own
+    decay, which already is what a branch would measure."""
+    if epoch not in cfg.decay_eval_epochs or epoch >= cfg.epochs:
+        return False
+    if cfg.schedule == "wsd":
+        total = cfg.epochs * steps
+        return epoch * steps < total - max(1, round(cfg.decay_fraction * total))
+    return True
+
+
+def decay_branch_steps(cfg: TrainConfig, epoch: int, steps: int) -> int:
+    """Optimizer steps of the decay branch after `epoch` epochs of `steps` steps."""
+    return max(1, round(cfg.decay_fraction * epoch * steps))
+
+
+def _decay_branch(
+    state: TrainState, train_set: ImageSet, val_set: ImageSet, active_mix: bool
+) -> dict[str, float]:
+    """Train copies of the weights, optimizer and EMA for `decay_fraction` x the epochs so
+    far, the rate falling linearly from its current value to 0, and evaluate them: the
+    accuracy this run would reach if its schedule ended here. The main run is untouched:
+    the branch draws from its own generator and forks torch's global one (dropout), so a run
+    with branches trains exactly the weights of one without. Lookahead and SWA are not
+    carried into the branch (the search's spaces use neither)."""
+    cfg, device = state.cfg, state.device
+    started = time.perf_counter()
+    steps = steps_per_epoch(len(train_set), cfg.batch_size)
+    total = decay_branch_steps(cfg, state.epoch, steps)
+    model = copy.deepcopy(state.model)
+    optimizer = _make_optimizer(model, cfg, device)
+    optimizer.load_state_dict(copy.deepcopy(state.optimizer.state_dict()))
+    peaks = [group["lr"] for group in state.optimizer.param_groups]
+    averager = copy.deepcopy(state.averager) if state.ema_update is not None else None
+    ema = EmaUpdate(averager, model, cfg.ema_decay) if averager is not None else None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed * 1_000_003 + state.epoch)
+    forked = [device] if device.type == "cuda" else []
+    done = 0
+    with torch.random.fork_rng(devices=forked):
+        model.train()
+        while done < total:
+            for index in _batches(len(train_set), cfg.batch_size, generator):
+                for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+                    group["lr"] = peak * (total - done) / total
+                _train_step(
+                    model, model, optimizer, train_set, index, cfg, generator,
+                    num_classes=state.arch.num_classes, active_mix=active_mix,
+                )  # fmt: skip
+                if ema is not None:
+                    ema()
+                done += 1
+                if done == total:
+                    break
+    loss, acc = evaluate(averager.module if averager is not None else model, val_set, cfg, device)
+    return {
+        "val_loss": loss,
+        "val_acc": acc,
+        "decay_branch_epochs": total / steps,
+        "decay_branch_seconds": time.perf_counter() - started,
+    }
 
 
 def _compile_before_training(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.logs import add_verbosity_flags
+from tune.rungs import DEFAULT_REDUCTION_FACTOR
 
 # Nothing here imports torch or Ray (models and search_spaces import torch): `--help` and a
 # mistyped option answer at once. So the default budget is written out; a test checks that it
@@ -27,7 +28,7 @@ class Defaults:
     budget: int  # trainable parameters per network
     num_samples: int  # trials
     max_epochs: int  # epochs of a trial that ASHA never stops
-    grace_period: int  # ASHA: epochs before a trial may be stopped
+    grace_period: int | None  # ASHA: epochs before the first rung; None: tune.rungs' rule
     retrain_seeds: int  # seeds of the final retrain, of the winner and of the seed baseline
     finalists: int  # top configurations re-run at the full epochs before the winner is picked
     finalist_seeds: int  # new seeds per finalist
@@ -44,7 +45,7 @@ FULL = Defaults(
     budget=FULL_BUDGET,
     num_samples=64,
     max_epochs=30,
-    grace_period=4,
+    grace_period=None,
     retrain_seeds=5,
     finalists=3,
     finalist_seeds=2,
@@ -58,7 +59,7 @@ REDUCED = Defaults(
     budget=60_000,
     num_samples=6,
     max_epochs=6,
-    grace_period=2,
+    grace_period=None,
     retrain_seeds=2,
     finalists=1,
     finalist_seeds=2,
@@ -131,12 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop the search after this long (e.g. 90s, 45m, 2h), then retrain the best",
     )
     a("--max-epochs", type=int, help=f"epochs of a trial ({_both('max_epochs')})")
-    a("--grace-period", type=int, help=f"ASHA: epochs before a stop ({_both('grace_period')})")
+    a(
+        "--grace-period",
+        type=int,
+        help="ASHA: epochs before the first rung (default: max(2, max-epochs / 9 rounded up): "
+        "4 of 30 epochs, 2 of 6)",
+    )
     a(
         "--reduction-factor",
         type=int,
-        default=2,
-        help="ASHA: keep 1/this many at each rung (default: %(default)s)",
+        default=DEFAULT_REDUCTION_FACTOR,
+        help="ASHA: keep 1/this many at each rung; rungs at grace-period x this^k "
+        "(default: %(default)s)",
     )
     a("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (1; 0 on CPU)")
     a("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default: %(default)s)")
@@ -174,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="seeds the searcher and, derived, every trial (default: %(default)s)",
+    )
+    a(
+        "--warm-start",
+        metavar="EXPERIMENT",
+        help="start the study from the finished trials of an earlier experiment in the same "
+        "--storage-path (same space and --max-epochs), so TPE does not start from zero",
     )
     a("--retrain-epochs", type=int, help="epochs of the final retrain (default: --max-epochs)")
     a(

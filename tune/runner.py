@@ -12,9 +12,11 @@ from search_spaces import derive_seed, get_space
 from training.data import DataSplits
 from tune.cli import UsageError
 from tune.ray_compat import bind_local_ray_to_loopback, refill_asha_rungs, restored_scheduler
+from tune.rungs import asha_brackets, asha_milestones
 from tune.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
+
 
 # Set before Ray is imported: our own TensorBoard writer replaces Ray's, the experiment
 # state is saved every 5 s (a killed driver loses little), and logs are not de-duplicated.
@@ -177,6 +179,7 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from tune.searcher import StudySearcher
+    from tune.study import startup_trials
     from tune.time_budget import TimeBudget
 
     space = get_space(settings.space)
@@ -189,11 +192,25 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
         search_alg: Any = BasicVariantGenerator(points_to_evaluate=configs)
         num_samples = len(configs)
     else:
+        # Rungs that judge finished schedules: every trial trains a warm-up-stable-decay
+        # schedule over --max-epochs and, at each rung, evaluates a short decay branch on a
+        # copy of its weights (training.loop._decay_branch), so a rung compares what each
+        # trial would reach if its run ended there, not schedules caught mid-way. Chosen over
+        # a complete schedule per rung budget because that needs a restart (or a re-warm-up)
+        # of every promoted trial; the branches cost a fifth of the epochs up to each rung
+        # (docs/results.md measures both the ranking and the cost).
+        brackets = asha_brackets(
+            settings.max_epochs, settings.grace_period, settings.reduction_factor
+        )
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
             max_t=settings.max_epochs,
             grace_period=settings.grace_period,
             reduction_factor=settings.reduction_factor,
+            brackets=brackets,
+        )
+        rungs = asha_milestones(
+            settings.max_epochs, settings.grace_period, settings.reduction_factor, brackets
         )
         # The study enqueues the space's known-good configurations as its first trials;
         # they are trained and judged like every other trial.
@@ -204,7 +221,10 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
             max_epochs=settings.max_epochs,
             storage_path=settings.storage_path,
             name=settings.name,
-            n_startup_trials=max(4, min(10, settings.num_samples // 4)),
+            n_startup_trials=startup_trials(settings.num_samples, len(space.starting_points)),
+            rung_epochs=rungs,
+            time_budget_s=settings.time_budget_s,
+            warm_start=settings.warm_start,
         )
         param_space = {}
         num_samples = settings.num_samples

@@ -4,6 +4,7 @@ study for configurations, sized to the budget, and tells it every epoch and ever
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +16,17 @@ from ray.tune.search import Searcher
 
 from search_spaces import ask_fitting, derive_seed, get_space
 from tune.storage import ExperimentStorage
-from tune.study import METRIC, STUDY_FILE, open_study, running_trial, tell_outcome
+from tune.study import (
+    METRIC,
+    STUDY_FILE,
+    finished_trials,
+    open_study,
+    running_trial,
+    tell_outcome,
+)
+from tune.time_budget import RungDeadline
+
+logger = logging.getLogger(__name__)
 
 PUSH_INTERVAL_S = 60.0  # how often a study on cloud storage is copied there while it runs
 
@@ -37,11 +48,24 @@ class StudySearcher(Searcher):
         storage_path: str,
         name: str,
         n_startup_trials: int,
+        rung_epochs: tuple[int, ...] = (),
+        time_budget_s: float | None = None,
+        warm_start: str | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.space, self.budget, self.seed, self.max_epochs = space, budget, seed, max_epochs
         self.storage_path, self.name = storage_path, name
         self.n_startup_trials = n_startup_trials
+        # ASHA's rungs: every trial evaluates a decay branch at these epochs (what it would
+        # reach if its schedule ended there), which is what the rungs compare.
+        self.rung_epochs = tuple(rung_epochs)
+        self.warm_start = warm_start  # an earlier experiment whose finished trials seed the study
+        # With --time-budget: no trial starts that cannot reach the first rung in time.
+        self.deadline = (
+            RungDeadline(time_budget_s, storage_path, name, self.rung_epochs[0])
+            if time_budget_s and self.rung_epochs
+            else None
+        )
         self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
         self._study: optuna.Study | None = None
         self._live: dict[str, optuna.Trial] = {}  # Ray trial id -> its running Optuna trial
@@ -56,10 +80,20 @@ class StudySearcher(Searcher):
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            self._study = open_study(self.storage, self.seed, self.n_startup_trials)
-            if not self._study.trials:
+            study = open_study(self.storage, self.seed, self.n_startup_trials)
+            if not study.trials:
+                if self.warm_start:
+                    earlier = finished_trials(self.storage_path, self.warm_start)
+                    study.add_trials(earlier)
+                    logger.info(
+                        "warm start: %d finished trials of experiment %s added to the study",
+                        len(earlier),
+                        self.warm_start,
+                    )
+                # The known-good configurations first, unless a warm start already ran them.
                 for point in get_space(self.space).starting_points:
-                    self._study.enqueue_trial(dict(point))
+                    study.enqueue_trial(dict(point), skip_if_exists=True)
+            self._study = study
         return self._study
 
     def __getstate__(self) -> dict[str, Any]:
@@ -74,7 +108,15 @@ class StudySearcher(Searcher):
     ) -> bool:
         return (metric in (None, METRIC)) and (mode in (None, "max"))
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.deadline is not None and not self.deadline.can_reach_first_rung():
+            logger.info(
+                "no new trial: at %.0f s per epoch, one started now would not reach its first "
+                "rung (epoch %d) before --time-budget ends",
+                self.deadline.epoch_seconds(),
+                self.deadline.first_rung,
+            )
+            return Searcher.FINISHED
         trial, constants = ask_fitting(self.study, get_space(self.space), self.budget)
         trial.set_user_attr("ray_trial_id", trial_id)
         for key, value in constants.items():
@@ -86,9 +128,12 @@ class StudySearcher(Searcher):
             **constants,
             "seed": derive_seed(self.seed, trial.number),
             "trial_number": trial.number,
+            "rung_epochs": list(self.rung_epochs),
         }
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self.deadline is not None:
+            self.deadline.observe(result)
         trial = self._trial(trial_id)
         if trial is None or result.get("failure") or METRIC not in result:
             return
@@ -110,12 +155,18 @@ class StudySearcher(Searcher):
         self._push_now_and_then()
 
     def save(self, checkpoint_path: str) -> None:
-        """Which Ray trial is which Optuna trial, as JSON (Ray names the file .pkl)."""
-        Path(checkpoint_path).write_text(json.dumps({"numbers": self._numbers}))
+        """Which Ray trial is which Optuna trial, and the epoch times seen, as JSON (Ray names
+        the file .pkl)."""
+        state: dict[str, Any] = {"numbers": self._numbers}
+        if self.deadline is not None:
+            state["epoch_seconds"] = self.deadline.seen
+        Path(checkpoint_path).write_text(json.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
         saved = json.loads(Path(checkpoint_path).read_text())
         self._numbers = {trial_id: int(n) for trial_id, n in saved["numbers"].items()}
+        if self.deadline is not None:
+            self.deadline.seen = [float(x) for x in saved.get("epoch_seconds", [])]
         self._live = {}
 
     # --- helpers

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from training.artifacts import write_json
 from tune.cli import FULL, REDUCED, UNLIMITED_SAMPLES, Defaults, UsageError
+from tune.rungs import default_grace_period
 from tune.storage import ExperimentStorage, is_uri
 from tune.study import STUDY_FILE
 
@@ -53,6 +54,7 @@ class SearchSettings:
     finalists: int = 0  # top configurations re-run at full epochs before picking the winner
     finalist_seeds: int = 1  # new seeds per finalist
     baseline: str = "none"  # "seeds": train the seed networks in this experiment to compare
+    warm_start: str | None = None  # an earlier experiment whose finished trials seed the study
 
     @property
     def storage(self) -> ExperimentStorage:
@@ -151,6 +153,9 @@ def resolve_settings(
     if args.time_budget is not None and args.num_samples is None:
         pick["num_samples"] = UNLIMITED_SAMPLES
     max_epochs = pick["max_epochs"]
+    grace_period = pick["grace_period"] or default_grace_period(max_epochs)
+    if args.warm_start:
+        check_warm_start(storage, args.warm_start, args.space, max_epochs)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if have_gpu else 0.0)
     return SearchSettings(
         space=args.space,
@@ -161,7 +166,7 @@ def resolve_settings(
         seed=args.seed,
         num_samples=pick["num_samples"],
         max_epochs=max_epochs,
-        grace_period=min(pick["grace_period"], max_epochs),
+        grace_period=min(grace_period, max_epochs),
         reduction_factor=args.reduction_factor,
         gpus_per_trial=gpus,
         cpus_per_trial=args.cpus_per_trial,
@@ -176,7 +181,31 @@ def resolve_settings(
         finalists=pick["finalists"],
         finalist_seeds=pick["finalist_seeds"],
         baseline=args.baseline,
+        warm_start=args.warm_start,
     )
+
+
+def check_warm_start(
+    storage: ExperimentStorage, warm_start: str, space: str, max_epochs: int
+) -> None:
+    """--warm-start must name an experiment beside this one, of the same space and run
+    length: its trials' values mean the same only then."""
+    if warm_start == storage.name:
+        raise UsageError(f"--warm-start {warm_start} is this experiment; name an earlier one")
+    other = ExperimentStorage(storage.storage_path, warm_start)
+    if not other.pull(SETTINGS_FILE) or not other.pull(STUDY_FILE):
+        raise UsageError(
+            f"--warm-start: no finished experiment {warm_start!r} (its {SETTINGS_FILE} and "
+            f"{STUDY_FILE}) in {storage.storage_path}; name one in the same --storage-path"
+        )
+    saved = json.loads((other.local_dir / SETTINGS_FILE).read_text())
+    if saved.get("space") != space or saved.get("max_epochs") != max_epochs:
+        raise UsageError(
+            f"--warm-start {warm_start} searched space {saved.get('space')!r} with "
+            f"--max-epochs {saved.get('max_epochs')}, this search {space!r} with {max_epochs}: "
+            "its accuracies are not comparable; warm-start from an experiment of the same "
+            "space and --max-epochs, or pass those"
+        )
 
 
 def save_settings(settings: SearchSettings) -> None:

@@ -8,8 +8,9 @@ storage="sqlite:///EXPERIMENT/study.db")` reads it from Python, and a resume con
 What a trial's outcome is, as Optuna understands it (`tell_outcome`): every epoch's
 validation accuracy is an intermediate value, a trial that ASHA stopped is PRUNED, one that
 ran to the end is COMPLETE with its score (`final_value`: the mean validation accuracy of its
-last few epochs), and one that failed is FAIL. The Ray Tune searcher that drives the study is
-`tune.searcher.StudySearcher`.
+last few epochs), one whose configuration failed (NaN loss, out of memory) is PRUNED and marked
+infeasible, one that raised or never ran is FAIL. The Ray Tune searcher that drives the study
+is `tune.searcher.StudySearcher`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from search_spaces import derive_seed
 from tune.compare import final_value
 from tune.storage import ExperimentStorage
 
@@ -37,15 +39,51 @@ def running_trial(study: optuna.Study, number: int) -> optuna.Trial:
     return optuna.Trial(study, study.trials[number]._trial_id)
 
 
+# A failed trial (NaN loss, out of memory) is PRUNED with this constraint violated: TPE
+# ranks infeasible trials below every feasible one, so its region counts as bad. Told FAIL,
+# TPE would ignore it and keep proposing its neighbours.
+FAILED_CONSTRAINT = "trained_without_failure"
+
+
+def startup_trials(num_samples: int, starting_points: int) -> int:
+    """Trials before TPE models the study: the space's starting points, then a tenth of the
+    search drawn at random (at least 4, at most 16): TPE's density estimates need a handful
+    of trials per region, and each random trial beyond that is one TPE did not choose."""
+    return starting_points + max(4, min(16, num_samples // 10))
+
+
+def make_sampler(seed: int, n_startup_trials: int) -> optuna.samplers.TPESampler:
+    """Multivariate TPE over groups of parameters that appear together (so learning rate x
+    weight decay x size is modelled jointly within each shape), with the constant liar, so
+    that trials suggested while others run do not pile onto the same point. Every choice is
+    explicit: Optuna's defaults have changed between versions (4.x: independent TPE)."""
+    with warnings.catch_warnings():  # multivariate and group are "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=n_startup_trials,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )
+
+
 def open_study(storage: ExperimentStorage, seed: int, n_startup_trials: int) -> optuna.Study:
+    """The experiment's study, new or continued. A continued study's sampler is seeded from
+    the search seed and the trials already in it: seeded as at the start, it would draw
+    the start's random configurations again."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=storage.name,
         storage=study_url(storage),
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
+        sampler=make_sampler(seed, n_startup_trials),
         load_if_exists=True,
     )
+    done = len(study.get_trials(deepcopy=False))
+    if done:
+        study.sampler = make_sampler(derive_seed(seed, done), n_startup_trials)
+    return study
 
 
 def tell_outcome(
@@ -56,20 +94,45 @@ def tell_outcome(
     max_epochs: int,
 ) -> None:
     """Tell the study how a trial ended: COMPLETE with its score (`final_value`) if it
-    trained every epoch, PRUNED if it was stopped before (by ASHA, or by the time budget after at least one
-    epoch), FAIL if it raised, reported a failure (NaN, out of memory) or never ran."""
+    trained every epoch, PRUNED if it was stopped before (by ASHA, or by the time budget after
+    at least one epoch). A configuration that failed (NaN loss, out of memory: the trial
+    reports why) is PRUNED with its last value and the FAILED_CONSTRAINT violated, so that TPE
+    counts it against its region; FAIL (which TPE ignores) is left for trials that raised or
+    never ran, which says nothing about their configuration."""
     if study.trials[number].state != TrialState.RUNNING:
         return
-    trained = bool(result) and METRIC in result and not result.get("failure")
-    if error or not trained:
-        reason = (result or {}).get("failure") or ("raised an error" if error else "never ran")
-        running_trial(study, number).set_user_attr("failure", str(reason))
+    failure = (result or {}).get("failure")
+    trained = bool(result) and METRIC in result and not failure
+    if failure:
+        trial = running_trial(study, number)
+        trial.set_user_attr("failure", str(failure))
+        trial.set_constraint(FAILED_CONSTRAINT, 1.0)
+        study.tell(number, state=TrialState.PRUNED)
+    elif error or not trained:
+        reason = "raised an error" if error else "never ran"
+        running_trial(study, number).set_user_attr("failure", reason)
         study.tell(number, state=TrialState.FAIL)
     elif (iteration := int(result.get("training_iteration", 0))) >= max_epochs:
         values = {**study.trials[number].intermediate_values, iteration: float(result[METRIC])}
         study.tell(number, final_value(values, max_epochs))
     else:
         study.tell(number, state=TrialState.PRUNED)
+
+
+def finished_trials(storage_path: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE and PRUNED trials of experiment `name` (in `storage_path`), ready for
+    another study's `add_trials` (--warm-start): parameters, values, intermediate values,
+    state and constraints kept, marked with a `warm_start` user attribute; the Ray trial ids
+    of the other experiment dropped."""
+    other = ExperimentStorage(storage_path, name)
+    other.pull(STUDY_FILE)
+    study = optuna.load_study(study_name=name, storage=study_url(other))
+    copies = []
+    for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        attrs = {k: v for k, v in trial.user_attrs.items() if k != "ray_trial_id"}
+        trial.user_attrs = {**attrs, "warm_start": name}
+        copies.append(trial)
+    return copies
 
 
 def close_study(storage: ExperimentStorage, max_epochs: int) -> optuna.Study | None:

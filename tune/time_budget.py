@@ -97,3 +97,52 @@ class TimeBudget(Stopper):
         storage.push(CLOCK_FILE)
         self._written = time.monotonic()
         return path
+
+
+class RungDeadline:
+    """Whether a trial started now can reach ASHA's first rung before --time-budget ends,
+    judged from the epoch times seen so far. A trial stopped by the budget before its first
+    rung has taught ASHA nothing and TPE only that it was cut short, so the searcher starts
+    none that would be (trials already running still use the time that is left).
+
+    The search's elapsed time is counted as `TimeBudget` counts it (across resumes, from
+    `search_clock.txt`); the epoch time is the median over the last RECENT epochs reported
+    (with their decay branches), which already includes the slowdown of trials sharing a
+    node. A trial's start-up (its worker, the data) is not counted."""
+
+    RECENT = 50
+
+    def __init__(self, budget_s: float, storage_path: str, name: str, first_rung: int) -> None:
+        self.budget_s, self.first_rung = budget_s, first_rung
+        self.storage_path, self.name = storage_path, name
+        self.seen: list[float] = []  # seconds of recent epochs, branches included
+        self._start_clock()
+
+    def _start_clock(self) -> None:
+        self._before = elapsed_before(ExperimentStorage(self.storage_path, self.name))
+        self._started = time.monotonic()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start_clock()
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._before + time.monotonic() - self._started
+
+    def observe(self, result: dict[str, Any]) -> None:
+        if "epoch_seconds" not in result or result.get("failure"):
+            return
+        seconds = float(result["epoch_seconds"]) + float(result.get("decay_branch_seconds", 0))
+        self.seen = [*self.seen, seconds][-self.RECENT :]
+
+    def epoch_seconds(self) -> float:
+        """Median seconds of an epoch seen so far; 0 before any."""
+        if not self.seen:
+            return 0.0
+        ordered = sorted(self.seen)
+        return ordered[len(ordered) // 2]
+
+    def can_reach_first_rung(self) -> bool:
+        needed = self.first_rung * self.epoch_seconds()
+        return self.elapsed_s + needed <= self.budget_s

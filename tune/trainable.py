@@ -224,7 +224,7 @@ def run_trial(
     device = trial_device(settings.use_gpu)
     reset_worker(config["seed"], device)
     splits = worker_data(data, device)
-    arch, cfg = trial_configs(config, settings.max_epochs)
+    arch, cfg = trial_configs(config, settings.max_epochs, rungs=True)
     cfg = cap_batch_size(cfg, settings.max_batch_size).replace(seed=config["seed"])
     cfg, note = fit_batch_to_data(cfg, len(splits.train))
     if note:
@@ -281,14 +281,18 @@ def run_trial(
         train(arch, cfg, splits, report=report, device=device, resume=resume)
     except (NonFiniteLossError, torch.cuda.OutOfMemoryError) as e:
         # Retrying cannot help (the same configuration fails the same way), so the trial
-        # ends here with its reason; val_acc 0 tells the searcher this region is bad.
+        # ends here with its reason, which the searcher tells Optuna as a failed region
+        # (tune.study.tell_outcome). Its val_acc is NaN, not 0: ASHA's cut is a percentile
+        # that ignores NaN, so a failure never lowers a rung's bar for the others.
         reason = f"{type(e).__name__}: {e}"
         if isinstance(e, torch.cuda.OutOfMemoryError):
             reason += (
                 f" (batch size {cfg.batch_size}, {params:,} parameters; give each trial more "
                 "GPU memory with a larger --gpus-per-trial)"
             )
-        ray_tune.report({**last, **node_info, "params": params, "val_acc": 0.0, "failure": reason})
+        ray_tune.report(
+            {**last, **node_info, "params": params, "val_acc": math.nan, "failure": reason}
+        )
     finally:
         writer.file_writer.add_summary(end_info)
         writer.close()

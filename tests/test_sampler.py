@@ -1,0 +1,236 @@
+"""The study's sampler, stated and pinned; resumes that draw anew; failures that teach TPE;
+warm starts; and a time budget that starts only trials that can reach the first rung."""
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.samplers._tpe.sampler import _split_trials
+from optuna.trial import TrialState
+
+from search_spaces import ask_fitting, get_space
+from training.artifacts import write_json
+from tune.cli import UsageError, build_parser
+from tune.settings import SETTINGS_FILE, check_warm_start, resolve_settings
+from tune.storage import ExperimentStorage
+from tune.study import (
+    FAILED_CONSTRAINT,
+    make_sampler,
+    open_study,
+    startup_trials,
+    study_url,
+    tell_outcome,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET = 1_000_000
+
+
+def _storage(root: Path, name: str) -> ExperimentStorage:
+    storage = ExperimentStorage(str(root), name)
+    storage.local_dir.mkdir(parents=True, exist_ok=True)
+    return storage
+
+
+def test_the_sampler_is_multivariate_grouped_tpe_with_the_constant_liar():
+    sampler = make_sampler(0, 10)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    # Stated, not Optuna's defaults of the day (4.x: independent TPE, no liar).
+    assert sampler._multivariate is True and sampler._group is True
+    assert sampler._constant_liar is True and sampler._n_startup_trials == 10
+
+
+def test_optuna_is_pinned_to_the_minor_version_tested():
+    text = (ROOT / "pyproject.toml").read_text()
+    major, minor = (int(x) for x in optuna.__version__.split(".")[:2])
+    assert f'"optuna>={major}.{minor},<{major}.{minor + 1}"' in text
+
+
+def test_startup_trials_grow_with_the_search_after_the_starting_points():
+    assert startup_trials(6, 3) == 7  # the reduced run: its starting points, then random
+    assert startup_trials(100, 3) == 13
+    assert startup_trials(100_000, 3) == 19
+
+
+_FIRST_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    from search_spaces import ask_fitting, get_space
+    from tune.storage import ExperimentStorage
+    from tune.study import open_study
+    storage = ExperimentStorage(sys.argv[1], "resumed")
+    storage.local_dir.mkdir(parents=True)
+    study = open_study(storage, seed=0, n_startup_trials=20)
+    space = get_space("efficient_resnet")
+    for _ in range(4):
+        ask_fitting(study, space, 1_000_000)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed with its 4 trials running
+    """
+)
+
+
+def test_a_killed_and_resumed_search_never_repeats_an_earlier_draw(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-c", _FIRST_RUN, str(tmp_path)], cwd=ROOT, capture_output=True
+    )
+    assert run.returncode == -9, run.stderr.decode()
+    storage = ExperimentStorage(str(tmp_path), "resumed")
+    study = open_study(storage, seed=0, n_startup_trials=20)
+    first = [t.params for t in study.trials]
+    assert len(first) == 4
+    space = get_space("efficient_resnet")
+    second = [ask_fitting(study, space, BUDGET)[0].params for _ in range(4)]
+    for params in second:
+        assert params not in first
+        assert all(params["lr"] != p["lr"] for p in first)
+
+
+def test_a_failed_configuration_is_ranked_below_every_trained_one(tmp_path):
+    study = open_study(_storage(tmp_path, "f"), seed=0, n_startup_trials=4)
+    space = get_space("efficient_resnet")
+    numbers = []
+    for value in (0.2, 0.3, 0.4, 0.5):
+        trial, _ = ask_fitting(study, space, BUDGET)
+        trial.report(value, 1)
+        numbers.append(trial.number)
+    for number, value in zip(numbers[:3], (0.2, 0.3, 0.4), strict=True):
+        tell_outcome(study, number, {"val_acc": value, "training_iteration": 3}, False, 3)
+    # The best value at epoch 1, then a NaN loss in epoch 2: the trial reports why.
+    failure = {"val_acc": math.nan, "failure": "NonFiniteLossError: nan", "training_iteration": 2}
+    tell_outcome(study, numbers[3], failure, False, 3)
+    failed = study.trials[numbers[3]]
+    assert failed.state == TrialState.PRUNED and failed.value == 0.5
+    assert failed.constraints == {FAILED_CONSTRAINT: 1.0}
+    assert "NonFiniteLossError" in failed.user_attrs["failure"]
+    # TPE's split: the failure is never among the good trials, though its value was best.
+    below, above = _split_trials(study, study.trials, n_below=3)
+    assert failed.number in [t.number for t in above]
+    # A trial that raised (a bug, a lost node) says nothing of its configuration: FAIL.
+    trial, _ = ask_fitting(study, space, BUDGET)
+    tell_outcome(study, trial.number, None, True, 3)
+    assert study.trials[trial.number].state == TrialState.FAIL
+
+
+def test_a_failure_never_enters_an_asha_rung():
+    from ray.tune.schedulers import ASHAScheduler
+
+    bracket = ASHAScheduler(max_t=9, grace_period=3, reduction_factor=3)._brackets[0]
+
+    class T:
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    for i, acc in enumerate((0.4, 0.5, 0.6)):
+        bracket.on_result(T(str(i)), 3, acc)
+    milestone, recorded = bracket._rungs[-1]
+    cutoff = bracket.cutoff(recorded)
+    # What a failed trial reports (tune.trainable): val_acc NaN.
+    assert bracket.on_result(T("failed"), 3, math.nan) == "CONTINUE"
+    assert bracket.cutoff(recorded) == cutoff
+    source = (ROOT / "tune" / "trainable.py").read_text()
+    assert '"val_acc": math.nan, "failure": reason' in source
+
+
+def _experiment(root: Path, name: str, space: str, max_epochs: int, values: list[float]):
+    storage = _storage(root, name)
+    write_json(storage.local_dir / SETTINGS_FILE, {"space": space, "max_epochs": max_epochs})
+    study = open_study(storage, seed=1, n_startup_trials=4)
+    for value in values:
+        trial, constants = ask_fitting(study, get_space(space), BUDGET)
+        trial.set_user_attr("ray_trial_id", "old")
+        trial.report(value, max_epochs)
+        study.tell(trial, value)
+    trial, _ = ask_fitting(study, get_space(space), BUDGET)
+    study.tell(trial, state=TrialState.FAIL)  # not carried over
+    return storage
+
+
+def test_warm_start_adds_the_finished_trials_of_the_same_space_and_epochs(tmp_path):
+    from tune.searcher import StudySearcher
+
+    _experiment(tmp_path, "earlier", "efficient_resnet", 6, [0.3, 0.4, 0.5])
+    new = _storage(tmp_path, "later")
+    check_warm_start(new, "earlier", "efficient_resnet", 6)
+    searcher = StudySearcher(
+        space="efficient_resnet",
+        budget=BUDGET,
+        seed=0,
+        max_epochs=6,
+        storage_path=str(tmp_path),
+        name="later",
+        n_startup_trials=7,
+        rung_epochs=(2,),
+        warm_start="earlier",
+    )
+    config = searcher.suggest("ray-1")
+    study = optuna.load_study(study_name="later", storage=study_url(new))
+    warm = [t for t in study.trials if t.user_attrs.get("warm_start") == "earlier"]
+    assert sorted(t.value for t in warm) == [0.3, 0.4, 0.5]
+    assert all(t.state == TrialState.COMPLETE and t.intermediate_values for t in warm)
+    assert not any(t.user_attrs.get("ray_trial_id") == "old" for t in study.trials)
+    # Then the space's starting points, the first of them now.
+    assert {k: config[k] for k in get_space("efficient_resnet").starting_points[0]} == dict(
+        get_space("efficient_resnet").starting_points[0]
+    )
+    assert config["rung_epochs"] == [2]
+
+
+@pytest.mark.parametrize(
+    ("space", "epochs", "message"),
+    [("tiny", 6, "space 'efficient_resnet'"), ("efficient_resnet", 30, "--max-epochs 6")],
+)
+def test_warm_start_from_another_space_or_run_length_is_refused(tmp_path, space, epochs, message):
+    _experiment(tmp_path, "earlier", "efficient_resnet", 6, [0.3])
+    with pytest.raises(UsageError, match=message):
+        check_warm_start(ExperimentStorage(str(tmp_path), "later"), "earlier", space, epochs)
+    with pytest.raises(UsageError, match="no finished experiment 'nope'"):
+        check_warm_start(ExperimentStorage(str(tmp_path), "later"), "nope", space, epochs)
+
+
+def test_the_command_line_takes_warm_start_and_derives_the_rungs(tmp_path):
+    args = build_parser().parse_args(
+        ["--warm-start", "earlier", "--storage-path", str(tmp_path), "--max-epochs", "30"]
+    )
+    _experiment(tmp_path, "earlier", "efficient_resnet", 30, [0.3])
+    settings = resolve_settings(args, ExperimentStorage(str(tmp_path), "new"), have_gpu=True)
+    assert settings.warm_start == "earlier"
+    assert (settings.grace_period, settings.reduction_factor) == (4, 3)
+    reduced = resolve_settings(
+        build_parser().parse_args([]), ExperimentStorage(str(tmp_path), "r"), have_gpu=False
+    )
+    assert (reduced.max_epochs, reduced.grace_period) == (6, 2)
+    help_text = build_parser().format_help()
+    assert "default: 3" in help_text and "max-epochs / 9" in help_text
+
+
+def test_no_trial_starts_that_cannot_reach_the_first_rung_before_the_deadline(tmp_path):
+    from ray.tune.search import Searcher
+
+    from tune.searcher import StudySearcher
+
+    _storage(tmp_path, "timed")
+    searcher = StudySearcher(
+        space="tiny",
+        budget=BUDGET,
+        seed=0,
+        max_epochs=12,
+        storage_path=str(tmp_path),
+        name="timed",
+        n_startup_trials=4,
+        rung_epochs=(2, 6),
+        time_budget_s=100.0,
+    )
+    assert isinstance(searcher.suggest("a"), dict)  # no epoch seen yet: nothing to judge by
+    searcher.on_trial_result("a", {"epoch_seconds": 30.0, "val_acc": 0.3})
+    searcher.deadline._before = 30.0  # 30 s spent: 30 + 2 x 30 <= 100
+    assert isinstance(searcher.suggest("b"), dict)
+    searcher.deadline._before = 45.0  # 45 + 2 x 30 > 100: it could not reach epoch 2
+    assert searcher.suggest("c") == Searcher.FINISHED
+    # The epoch times seen survive the searcher's own checkpoint (a resumed search).
+    searcher.save(str(tmp_path / "searcher.json"))
+    assert json.loads((tmp_path / "searcher.json").read_text())["epoch_seconds"] == [30.0]
