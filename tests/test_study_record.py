@@ -83,3 +83,26 @@ def test_tensorboard_marks_the_hyperparameters_that_differ_between_trials(tmp_pa
     experiment = Context(None).experiment_from_metadata(None, "", False, content, None)
     differs = {info.name: info.differs for info in experiment.hparam_infos}
     assert differs == {"lr": True, "block": False, "params": False}
+
+
+def test_a_trial_that_raised_stays_open_for_a_resume_and_fails_only_when_the_search_ends(tmp_path):
+    from tune.storage import ExperimentStorage
+    from tune.study import close_study, open_study, tell_outcome
+
+    storage = ExperimentStorage(str(tmp_path), "x")
+    storage.local_dir.mkdir(parents=True)
+    study = open_study(storage, seed=0, n_startup_trials=1)
+    raised, resumed = study.ask({"lr": FloatDistribution(0.01, 1.0)}), study.ask()
+    for trial in (raised, resumed):
+        trial.report(0.4, 1)
+        tell_outcome(study, trial.number, None, True, max_epochs=2)  # Ray gave up on both
+    assert {t.state for t in study.trials} == {TrialState.RUNNING}
+    # Resumed, Ray retries one and it trains to the end: the study says what it did.
+    tell_outcome(
+        study, resumed.number, {"val_acc": 0.5, "training_iteration": 2}, False, max_epochs=2
+    )
+    assert study.trials[resumed.number].state == TrialState.COMPLETE
+    # The search ends with the other still errored: FAIL, with the reason.
+    closed = close_study(storage, max_epochs=2)
+    assert closed.trials[raised.number].state == TrialState.FAIL
+    assert closed.trials[raised.number].user_attrs["failure"] == "raised an error"

@@ -108,9 +108,13 @@ def tell_outcome(
         trial.set_user_attr("failure", str(failure))
         trial.set_constraint(FAILED_CONSTRAINT, 1.0)
         study.tell(number, state=TrialState.PRUNED)
-    elif error or not trained:
-        reason = "raised an error" if error else "never ran"
-        running_trial(study, number).set_user_attr("failure", reason)
+    elif error:
+        # Ray gave up on it (after --max-failures retries), but a resume retries it
+        # (resume_errored) and may finish it: it stays open until the search ends
+        # (close_study), so the study never says FAIL of a trial that later trained.
+        running_trial(study, number).set_user_attr("error", "raised an error")
+    elif not trained:
+        running_trial(study, number).set_user_attr("failure", "never ran")
         study.tell(number, state=TrialState.FAIL)
     elif (iteration := int(result.get("training_iteration", 0))) >= max_epochs:
         values = {**study.trials[number].intermediate_values, iteration: float(result[METRIC])}
@@ -136,14 +140,19 @@ def finished_trials(storage_path: str, name: str) -> list[optuna.trial.FrozenTri
 
 
 def close_study(storage: ExperimentStorage, max_epochs: int) -> optuna.Study | None:
-    """After the search: trials still RUNNING in the study (the time budget ended them, or
-    Ray ended them without telling the searcher) become PRUNED if they reported an epoch,
-    else FAIL; then the study is copied to cloud storage. None if there is no study."""
+    """After a finished search (never after an interrupted one, whose open trials continue
+    when it resumes): trials still RUNNING in the study become FAIL if they raised an error
+    (`tell_outcome` leaves them open for a resume to retry), PRUNED if they reported an epoch
+    (the time budget ended them, or Ray did without telling the searcher), else FAIL; then
+    the study is copied to cloud storage. None if there is no study."""
     if not (storage.local_dir / STUDY_FILE).exists():
         return None
     study = optuna.load_study(study_name=storage.name, storage=study_url(storage))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.intermediate_values:
+        if "error" in trial.user_attrs:
+            running_trial(study, trial.number).set_user_attr("failure", trial.user_attrs["error"])
+            study.tell(trial.number, state=TrialState.FAIL)
+        elif trial.intermediate_values:
             study.tell(trial.number, state=TrialState.PRUNED)
         else:
             running_trial(study, trial.number).set_user_attr(
