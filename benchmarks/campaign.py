@@ -77,7 +77,7 @@ LEASE = Sizes(
     min_epochs=2,
     max_epochs=30,
     max_trials=200,
-    retrain_seeds=1,
+    retrain_seeds=2,  # the fewest that give the comparison's interval
     seed_gpu_share=0.2,
     preflight_s=90,
     bench_models_s=120,
@@ -146,8 +146,8 @@ def plan_search(
     def seeds_s(e: int) -> float:
         return e * epoch_s * 5 / seed_gain
 
-    def retrain_s(e: int) -> float:
-        return e * epoch_s * sizes.retrain_seeds
+    def retrain_s(e: int) -> float:  # the best seed network's retrain and the winner's
+        return 2 * e * epoch_s * sizes.retrain_seeds
 
     epochs = sizes.min_epochs
     for e in range(sizes.max_epochs, sizes.min_epochs - 1, -1):
@@ -166,7 +166,8 @@ def plan_search(
         f"(3 command starts of {sizes.startup_s:.0f} s + 15 s for the report)",
         f"preset epoch {epoch_s:.2f} s; baselines: 5 x E x {epoch_s:.2f} s / {seed_gain:.2f} "
         f"(packing gain) = {seeds_s(epochs):.0f} s at E={epochs}",
-        f"retrain: {sizes.retrain_seeds} seed(s) x E x {epoch_s:.2f} s = {retrain_s(epochs):.0f} s",
+        f"retrains (best seed network, winner): 2 x {sizes.retrain_seeds} seed(s) x E x "
+        f"{epoch_s:.2f} s = {retrain_s(epochs):.0f} s",
         f"E = {epochs}: the largest in [{sizes.min_epochs}, {sizes.max_epochs}] that leaves the "
         f"search at least half: {seconds_left:.0f} - {fixed:.0f} - {seeds_s(epochs):.0f} - "
         f"{retrain_s(epochs):.0f} = {search_s:.0f} s",
@@ -180,14 +181,17 @@ def plan_search(
 def search_commands(
     plan: Plan, data: str, storage: Path, sizes: Sizes, python: str = sys.executable
 ) -> list[tuple[str, list[str]]]:
-    """The seed baselines and the search at the same E, in one storage folder (the search's
-    report compares itself with the newest `seeds` experiment there)."""
+    """The seed baselines and the search at the same E, in one storage folder, with the same
+    data, subset, seed and retrain seeds: the search's report compares its winner with the
+    best seed network only when all of these match, both retrained alike."""
     common = ["--data", data, "--max-epochs", str(plan.epochs), "--storage-path", str(storage)]
     common += [*sizes.search_args, "-q"]
     seed_gpus = ["--gpus-per-trial", f"{sizes.seed_gpu_share:g}"] if sizes.need_gpu else []
     trial_gpus = ["--gpus-per-trial", f"{plan.gpus_per_trial:g}"] if sizes.need_gpu else []
     seeds = [python, "-m", "tune.search", "--space", "seeds", "--name", "seeds"]
-    seeds += [*common, *seed_gpus, "--skip-retrain"]
+    # No finalists among the seed networks: the best of five runs is the baseline, as
+    # `--baseline seeds` picks it, and their re-runs would not fit the plan.
+    seeds += [*common, *seed_gpus, "--retrain-seeds", str(sizes.retrain_seeds), "--finalists", "0"]
     search = [python, "-m", "tune.search", "--space", "efficient_resnet", "--name", "search"]
     search += [*common, *trial_gpus, "--num-samples", str(plan.trials)]
     search += ["--time-budget", f"{plan.search_seconds}s"]

@@ -98,6 +98,8 @@ def test_losing_a_worker_node_moves_its_trials_to_the_survivor(tmp_path, cluster
     args = [
         "--space", "tiny", "--data", str(data), "--num-samples", "4", "--max-epochs", "4",
         "--grace-period", "4", "--subset", "300", "--skip-retrain",
+        # A checkpoint every epoch: the moved trial must continue from the last one.
+        "--checkpoint-every", "0",
         "--storage-path", str(storage), "--name", "lost",
     ]  # fmt: skip
     exp = storage / "lost"
