@@ -347,6 +347,10 @@ def retrain_best(
         ]
     )
     summary_task = ray.remote(summarize_in_storage).options(**resources)
+    if not use_gpu:
+        # The summary tests every seed's network with and without flip TTA, alone after the
+        # seeds: on CPUs it may use every core, as the seeds shared them.
+        common["threads"] = max(common["threads"], int(ray.cluster_resources().get("CPU", 1)))
     [final] = get_interruptibly(
         [
             summary_task.remote(
