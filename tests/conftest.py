@@ -82,3 +82,18 @@ def interrupted_after_epoch(monkeypatch, epoch: int):
             yield
     finally:
         monkeypatch.setattr(training_run, "log_epoch", real_log)
+
+
+def scheduled_lrs(cfg, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every step of `cfg`'s schedule, as the training loop builds it."""
+    from training.loop import _make_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=cfg.lr)
+    scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch)
+    out = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out

@@ -9,25 +9,14 @@ import torch
 from models import get_arch
 from training.config import TrainConfig
 from training.data import DataSplits
-from training.loop import _make_scheduler, train
+from training.loop import train
 from training.recipes import get_recipe
 from tune.rungs import asha_milestones, default_grace_period
 
+from .conftest import scheduled_lrs as _lrs
 from .conftest import separable_set
 
 TINY = get_arch("tiny_resnet")
-
-
-def _lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=cfg.lr)
-    scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch)
-    out = []
-    for _ in range(cfg.epochs * steps_per_epoch):
-        out.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return out
 
 
 def test_wsd_warms_up_holds_its_rate_then_decays_to_zero_over_its_last_fifth():

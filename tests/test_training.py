@@ -24,6 +24,9 @@ from .conftest import (
     separable_set,
     write_python_batches,
 )
+from .conftest import (
+    scheduled_lrs as _lrs,
+)
 
 TINY = get_arch("tiny_resnet")
 
@@ -425,20 +428,6 @@ def test_with_epochs_keeps_the_schedule_shape():
     assert restarts.restart_epochs == 1
     default = get_recipe("default")  # 40 epochs, 2 of warm-up
     assert default.with_epochs(4).warmup_epochs == pytest.approx(0.2)  # a twentieth, as before
-
-
-def _lrs(cfg, steps_per_epoch: int) -> list[float]:
-    from training.loop import _make_scheduler
-
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=cfg.lr)
-    scheduler = _make_scheduler(optimizer, cfg, steps_per_epoch)
-    out = []
-    for _ in range(cfg.epochs * steps_per_epoch):
-        out.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return out
 
 
 @pytest.mark.parametrize("warmup", [0.0, 1.0, 1.5])
