@@ -259,9 +259,15 @@ def test_a_resumed_search_gets_only_what_is_left_of_its_time_budget(tmp_path: Pa
     assert 12 <= before < budget
 
     run = search(args, tmp_path / "second")
-    # No trial can train 50 epochs in 30 s, and a trial stopped early is never the winner:
-    # the search says so and fails, after writing its table and report.
-    assert run.returncode == 1 and "no trial trained every epoch" in run.stderr + run.stdout
-    assert (storage / name / "report.md").exists() and not (storage / name / "final").exists()
+    # How many of the tiny trials train all 50 epochs in 30 s depends on the machine; either
+    # way the search ends by itself, with its report, and only a full run can be the winner.
+    assert (storage / name / "report.md").exists()
+    if run.returncode == 1:
+        assert "no trial trained every epoch" in run.stderr + run.stdout
+    else:
+        check_ok(run)
+        best = json.loads((storage / name / "best_config.json").read_text())
+        winner = read_table(storage / name).set_index("trial_id").loc[best["trial_id"]]
+        assert winner["status"] == "completed" and winner["epochs_run"] == 50
     # This run had what was left (about budget - before seconds), not a whole new budget.
     assert budget <= elapsed() < budget + 20
