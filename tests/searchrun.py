@@ -80,6 +80,16 @@ def end_leftovers(marker: str, grace: float = 5.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def cli(**options: object) -> list[str]:
+    """The command line for keyword options: `num_samples=4` is `--num-samples 4`,
+    `skip_retrain=True` is `--skip-retrain`."""
+    args = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
 def start(
     args: list[str], out_dir: Path, marker: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen:

@@ -17,7 +17,7 @@ import pytest
 from models import SEED_MODELS
 from search_spaces import SPACES, get_space
 from tests.conftest import write_python_batches
-from tests.searchrun import SEARCH_TIMEOUT, check_ok, kill, read_table, search, start
+from tests.searchrun import SEARCH_TIMEOUT, check_ok, cli, kill, read_table, search, start
 from tune.cli import parse_duration
 from tune.compare import welch
 from tune.finalize import candidates, finalist_ranking
@@ -70,21 +70,8 @@ def test_seed_baselines_run_to_the_end_and_a_timed_search_is_compared_with_them(
     # ASHA with grace period 1 would stop some of the five at epoch 1; fixed trials are
     # baselines and each runs all of --max-epochs.
     run = search(
-        [
-            "--space",
-            "seeds",
-            "--max-epochs",
-            "2",
-            "--grace-period",
-            "1",
-            "--retrain-seeds",
-            "2",
-            "--finalists",
-            "0",
-            "--name",
-            "seeds",
-            *common,
-        ],
+        cli(space="seeds", max_epochs=2, grace_period=1, retrain_seeds=2, finalists=0)
+        + ["--name", "seeds", *common],
         tmp_path / "seeds_run",
         timeout=600,
     )
@@ -98,21 +85,8 @@ def test_seed_baselines_run_to_the_end_and_a_timed_search_is_compared_with_them(
     assert seeds_final["wall_seconds"] > 0 and len(seeds_final["test_acc"]) == 2
 
     run = search(
-        [
-            "--space",
-            "tiny",
-            "--max-epochs",
-            "2",
-            "--time-budget",
-            "25s",
-            "--retrain-seeds",
-            "2",
-            "--finalists",
-            "0",
-            "--name",
-            "timed",
-            *common,
-        ],
+        cli(space="tiny", max_epochs=2, time_budget="25s", retrain_seeds=2, finalists=0)
+        + ["--name", "timed", *common],
         tmp_path / "timed_run",
     )
     check_ok(run)

@@ -19,6 +19,7 @@ from tests.conftest import write_python_batches
 from tests.searchrun import (
     SEARCH_TIMEOUT,
     check_ok,
+    cli,
     end_leftovers,
     kill,
     read_results,
@@ -79,32 +80,20 @@ def test_ctrl_c_stops_the_search_and_its_retrain_and_the_resumed_study_agrees_wi
     tmp_path: Path, data_dir: Path
 ) -> None:
     storage, name, num_samples, max_epochs = tmp_path / "exp", "ctrlc", 4, 3
-    args = [
-        "--space",
-        "tiny",
-        "--data",
-        str(data_dir),
-        "--num-samples",
-        str(num_samples),
-        "--max-epochs",
-        str(max_epochs),
-        "--grace-period",
-        str(max_epochs),  # ASHA stops none: any PRUNED trial would be the interruption's
-        "--subset",
-        "200",
-        "--finalists",
-        "0",
-        "--retrain-seeds",
-        "1",
-        "--retrain-epochs",
-        "40",  # long enough to be interrupted
-        "--cpus-per-trial",
-        "2",  # one trial at a time
-        "--storage-path",
-        str(storage),
-        "--name",
-        name,
-    ]
+    args = cli(
+        space="tiny",
+        data=data_dir,
+        num_samples=num_samples,
+        max_epochs=max_epochs,
+        grace_period=max_epochs,  # ASHA stops none: any PRUNED trial would be the interruption's
+        subset=200,
+        finalists=0,
+        retrain_seeds=1,
+        retrain_epochs=40,  # long enough to be interrupted
+        cpus_per_trial=2,  # one trial at a time
+        storage_path=storage,
+        name=name,
+    )
     exp = storage / name
 
     # 1. Ctrl-C while trials run: the search exits within seconds, non-zero, with the command
@@ -167,22 +156,15 @@ def test_ctrl_c_stops_the_search_and_its_retrain_and_the_resumed_study_agrees_wi
 
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, data_dir: Path) -> None:
-    args = [
-        "--space",
-        "tiny",
-        "--data",
-        str(data_dir),
-        "--num-samples",
-        "2",
-        "--max-epochs",
-        "50",
-        "--subset",
-        "200",
-        "--storage-path",
-        str(tmp_path / "exp"),
-        "--name",
-        "twice",
-    ]
+    args = cli(
+        space="tiny",
+        data=data_dir,
+        num_samples=2,
+        max_epochs=50,
+        subset=200,
+        storage_path=tmp_path / "exp",
+        name="twice",
+    )
     marker = uuid.uuid4().hex
     out = tmp_path / "run"
     proc = start(args, out, marker)

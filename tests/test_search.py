@@ -35,6 +35,7 @@ from tests.searchrun import (
     SCALARS,
     SEARCH_TIMEOUT,
     check_ok,
+    cli,
     kill,
     read_results,
     read_table,
@@ -74,28 +75,18 @@ def test_full_search_writes_every_artifact(
     predict_path, predict_ids = unlabeled
     storage, name, max_epochs, num_samples = tmp_path / "exp", "e2e", 3, 4
     run = search(
-        [
-            "--space",
-            "tiny",
-            "--data",
-            str(data_dir),
-            "--num-samples",
-            str(num_samples),
-            "--max-epochs",
-            str(max_epochs),
-            "--grace-period",
-            "1",
-            "--subset",
-            "300",
-            "--retrain-seeds",
-            "2",
-            "--predict",
-            str(predict_path),
-            "--storage-path",
-            str(storage),
-            "--name",
-            name,
-        ],
+        cli(
+            space="tiny",
+            data=data_dir,
+            num_samples=num_samples,
+            max_epochs=max_epochs,
+            grace_period=1,
+            subset=300,
+            retrain_seeds=2,
+            predict=predict_path,
+            storage_path=storage,
+            name=name,
+        ),
         tmp_path / "run",
     )
     check_ok(run)
@@ -242,25 +233,17 @@ def test_every_trial_fits_a_small_budget(tmp_path: Path, data_dir: Path) -> None
 
     storage = tmp_path / "exp"
     run = search(
-        [
-            "--space",
-            "tiny",
-            "--data",
-            str(data_dir),
-            "--budget",
-            str(budget),
-            "--num-samples",
-            str(num_samples),
-            "--max-epochs",
-            "1",
-            "--subset",
-            "200",
-            "--skip-retrain",
-            "--storage-path",
-            str(storage),
-            "--name",
-            "budget",
-        ],
+        cli(
+            space="tiny",
+            data=data_dir,
+            budget=budget,
+            num_samples=num_samples,
+            max_epochs=1,
+            subset=200,
+            skip_retrain=True,
+            storage_path=storage,
+            name="budget",
+        ),
         tmp_path / "run",
     )
     check_ok(run)
@@ -298,34 +281,23 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
     tmp_path: Path, data_dir: Path
 ) -> None:
     storage, name, num_samples, max_epochs = tmp_path / "exp", "resume", 6, 2
-    args = [
-        "--space",
-        "tiny",
-        "--data",
-        str(data_dir),
-        "--num-samples",
-        str(num_samples),
-        "--max-epochs",
-        str(max_epochs),
-        "--grace-period",
-        "1",
-        "--reduction-factor",  # rungs at epochs 1 and 2
-        "2",
-        "--subset",
-        "200",
-        "--skip-retrain",
+    args = cli(
+        space="tiny",
+        data=data_dir,
+        num_samples=num_samples,
+        max_epochs=max_epochs,
+        grace_period=1,
+        reduction_factor=2,  # rungs at epochs 1 and 2
+        subset=200,
+        skip_retrain=True,
         # Every epoch checkpointed: the interrupted trial must continue from its last epoch.
-        "--checkpoint-every",
-        "0",
+        checkpoint_every=0,
         # One trial at a time (2 CPUs each): the kill must land mid-search, and concurrent
         # tiny trials can finish between two syncs of the results to the storage folder.
-        "--cpus-per-trial",
-        "2",
-        "--storage-path",
-        str(storage),
-        "--name",
-        name,
-    ]
+        cpus_per_trial=2,
+        storage_path=storage,
+        name=name,
+    )
     exp = storage / name
 
     def progress() -> tuple[list[Path], list[Path]]:
