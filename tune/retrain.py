@@ -138,18 +138,20 @@ def summarize(
     ]
     if device_obj.type == "cuda" and cfg.channels_last:  # as the seeds trained
         models = [m.to(memory_format=torch.channels_last) for m in models]
+    # Each seed's test logits once with and once without flip TTA; the seeds' ensemble
+    # averages those of the recipe's own setting.
+    test_logits = {tta: _logits(models, test.images, cfg, device_obj, tta) for tta in (True, False)}
     for key, tta in (("test_acc_tta", True), ("test_acc_plain", False)):
-        per_model = [_accuracy(m, test, cfg, device_obj, tta) for m in models]
+        per_model = [_accuracy(logits, test.labels) for logits in test_logits[tta]]
         metrics[key] = per_model
         metrics[f"{key}_mean"] = statistics.fmean(per_model)
         metrics[f"{key}_std"] = statistics.stdev(per_model) if len(per_model) > 1 else 0.0
     if len(models) > 1:  # one seed's own test accuracy is already measured
-        test_logits = _mean_logits(models, test.images, cfg, device_obj)
-        metrics["ensemble_test_acc"] = (
-            (test_logits.argmax(1).cpu() == test.labels).float().mean().item()
-        )
+        ensemble = torch.stack(test_logits[cfg.tta_flip]).mean(0)
+        metrics["ensemble_test_acc"] = _accuracy(ensemble, test.labels)
     if predict is not None:
-        labels = _mean_logits(models, predict.images, cfg, device_obj).argmax(1).cpu()
+        logits = _logits(models, predict.images, cfg, device_obj, cfg.tta_flip)
+        labels = torch.stack(logits).mean(0).argmax(1).cpu()
         write_predictions(out / "predictions.csv", predict.ids, labels, metrics)
         metrics["predictions"] = str(out / "predictions.csv")
     write_json(out / "metrics.json", metrics)
@@ -190,28 +192,26 @@ def retrain(
     )
 
 
-def _accuracy(model: Any, test: ImageSet, cfg: TrainConfig, device: Any, tta: bool) -> float:
-    logits = predict_logits(
-        model, test.images, batch_size=cfg.eval_batch_size, tta_flip=tta, device=device
-    )
-    return (logits.argmax(1).cpu() == test.labels).float().mean().item()
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1).cpu() == labels).float().mean().item()
 
 
-def _mean_logits(models: list, images: torch.Tensor, cfg: TrainConfig, device) -> torch.Tensor:
-    return torch.stack(
-        [
-            predict_logits(
-                m,
-                images,
-                batch_size=cfg.eval_batch_size,
-                tta_flip=cfg.tta_flip,
-                device=device,
-                bf16=cfg.bf16,
-                channels_last=cfg.channels_last,
-            )
-            for m in models
-        ]
-    ).mean(0)
+def _logits(
+    models: list, images: torch.Tensor, cfg: TrainConfig, device: Any, tta: bool
+) -> list[torch.Tensor]:
+    """Each model's logits, at the precision and memory format the seeds trained with."""
+    return [
+        predict_logits(
+            m,
+            images,
+            batch_size=cfg.eval_batch_size,
+            tta_flip=tta,
+            device=device,
+            bf16=cfg.bf16,
+            channels_last=cfg.channels_last,
+        )
+        for m in models
+    ]
 
 
 def retrain_seed_in_storage(
