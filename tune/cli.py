@@ -37,10 +37,11 @@ class Defaults:
 
 
 # --retrain-seeds: Welch's test with n seeds per side detects a true 0.5-point difference at
-# a seed-to-seed standard deviation of 0.2 point (alpha 0.05, two-sided) with power 0.84 at
-# n = 4 and 0.93 at n = 5 (tune.compare.seeds_for_power); 5 keeps power near 0.8 if the real
-# deviation is 0.25 point. The reduced CPU run takes 2, the fewest that give an interval at
-# all: its comparison is a demonstration, not a test.
+# a seed-to-seed standard deviation of 0.2 point (alpha 0.05, two-sided) with power 0.796 at
+# n = 4 (short of 0.8) and 0.92 at n = 5, the fewest that reach 0.8
+# (tune.compare.seeds_for_power); 5 keeps power at 0.77 if the real deviation is 0.25 point.
+# The reduced CPU run takes 2, the fewest that give an interval at all: its comparison is a
+# demonstration, not a test.
 FULL = Defaults(
     budget=FULL_BUDGET,
     num_samples=64,
