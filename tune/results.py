@@ -566,7 +566,10 @@ def _comparison_lines(
         "Both sides are retrained on train + validation with the same seeds, split, epochs "
         "and data, and tested on the same test images both without and with flip test-time "
         "augmentation (the seed recipes train without it, the search's with it). Difference "
-        "of means, winner minus seed network, with Welch's 95% interval:",
+        "of means, winner minus seed network, with Welch's 95% interval. With and without TTA "
+        "are two tests of the same networks, each at 5%: either one alone is wrong at most "
+        "5% of the time, but the chance that at least one of the two finds a difference where "
+        "there is none is up to 10%.",
         "",
     ]
     for label, key in (("flip TTA", "test_acc_tta"), ("no TTA", "test_acc_plain")):
