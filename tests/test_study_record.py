@@ -106,3 +106,48 @@ def test_a_trial_that_raised_stays_open_for_a_resume_and_fails_only_when_the_sea
     closed = close_study(storage, max_epochs=2)
     assert closed.trials[raised.number].state == TrialState.FAIL
     assert closed.trials[raised.number].user_attrs["failure"] == "raised an error"
+
+
+def test_an_epoch_trained_twice_counts_with_the_value_of_the_run_that_continued(tmp_path):
+    """A trial resumed from its checkpoint at epoch 16 trains epochs 17-19 again, to other
+    values (as on a GPU): the study, its score and trials.parquet all take the second pass."""
+    import pandas as pd
+    import pytest
+
+    from tune.compare import final_value
+    from tune.results import TrialRecord, trials_table
+    from tune.searcher import StudySearcher
+    from tune.storage import ExperimentStorage
+
+    max_epochs = 20  # the score is the mean of epochs 19 and 20
+    ExperimentStorage(str(tmp_path), "twice").local_dir.mkdir(parents=True)
+    searcher = StudySearcher(
+        space="tiny", budget=1_000_000, seed=0, max_epochs=max_epochs, storage_path=str(tmp_path),
+        name="twice", n_startup_trials=4,
+    )  # fmt: skip
+    config = searcher.suggest("ray-1")
+    first = {e: 0.40 + e / 100 for e in range(1, 20)}  # killed after reporting epoch 19
+    first[18] = 0.95  # the best value of all, superseded
+    second = {e: 0.30 + e / 100 for e in range(17, max_epochs + 1)}
+    rows = []
+    for values in (first, second):
+        for epoch, acc in values.items():
+            result = {"val_acc": acc, "training_iteration": epoch, "epoch": epoch}
+            rows.append(result)
+            if epoch < max_epochs:
+                searcher.on_trial_result("ray-1", result)
+    searcher.on_trial_complete("ray-1", rows[-1])
+
+    latest = {**first, **second}
+    study = optuna.load_study(study_name="twice", storage=f"sqlite:///{tmp_path}/twice/study.db")
+    trial = study.trials[config["trial_number"]]
+    assert trial.intermediate_values == latest
+    assert trial.value == pytest.approx((second[19] + second[20]) / 2)
+    assert trial.value == pytest.approx(final_value(latest, max_epochs))
+
+    record = TrialRecord("ray-1", config, pd.DataFrame(rows))
+    [row] = trials_table([record], max_epochs).to_dict("records")
+    assert row["score"] == pytest.approx(trial.value)
+    assert row["best_val_acc"] == pytest.approx(max(latest.values()))  # not the superseded 0.95
+    assert row["best_epoch"] == max(latest, key=latest.get)
+    assert row["final_val_acc"] == pytest.approx(second[20])

@@ -90,7 +90,11 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
             # A trial that failed for good (non-finite loss, out of memory) reports its reason
             # in a last row that is not an epoch.
             failure = str(h["failure"].dropna().iloc[-1])
-        h = epoch_rows(h)
+        h = every_pass = epoch_rows(h)
+        if "epoch" in h:
+            # An epoch trained twice (after a resume from a checkpoint) is its latest row: the
+            # run that continued, whose value the study keeps too (tune.study.record_epoch).
+            h = h.drop_duplicates("epoch", keep="last").sort_values("epoch", kind="stable")
         has_val = "val_acc" in h and len(h)
         epochs = int(h["epoch"].max()) if "epoch" in h and len(h) else 0
         if failure:
@@ -105,8 +109,7 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
             status = "stopped_early"
         score = math.nan
         if status == "completed" and has_val:
-            by_epoch = h.drop_duplicates("epoch", keep="last").set_index("epoch")["val_acc"]
-            score = final_value(by_epoch.to_dict(), max_epochs)
+            score = final_value(h.set_index("epoch")["val_acc"].to_dict(), max_epochs)
         row: dict[str, Any] = {
             "trial_id": r.trial_id,
             "role": r.role,
@@ -131,7 +134,9 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
             else 0.0,
             "stages": _stages_text(r.arch),
             # Ray node ids the trial ran on, in order (more than one after a node was lost).
-            "nodes": ",".join(dict.fromkeys(h["node_id"].dropna())) if "node_id" in h else "",
+            "nodes": ",".join(dict.fromkeys(every_pass["node_id"].dropna()))
+            if "node_id" in every_pass
+            else "",
             "path": r.path,
             # The code that trained the trial (older trials did not report it).
             "code_version": str(h["code_version"].dropna().iloc[-1])

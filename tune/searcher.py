@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tune.study import (
     STUDY_FILE,
     finished_trials,
     open_study,
+    record_epoch,
     running_trial,
     tell_outcome,
 )
@@ -137,9 +137,9 @@ class StudySearcher(Searcher):
         trial = self._trial(trial_id)
         if trial is None or result.get("failure") or METRIC not in result:
             return
-        with warnings.catch_warnings():  # a step reported again (the final result) is ignored
-            warnings.simplefilter("ignore")
-            trial.report(float(result[METRIC]), int(result.get("training_iteration", 0)))
+        # An epoch reported again (trained again after a resume, or the final result) replaces
+        # its earlier value.
+        record_epoch(trial, int(result.get("training_iteration", 0)), float(result[METRIC]))
         self._push_now_and_then()
 
     def on_trial_complete(

@@ -39,6 +39,18 @@ def running_trial(study: optuna.Study, number: int) -> optuna.Trial:
     return optuna.Trial(study, study.trials[number]._trial_id)
 
 
+def record_epoch(trial: optuna.Trial, epoch: int, value: float) -> None:
+    """Record a trial's validation accuracy at `epoch`, replacing what an earlier pass over
+    that epoch recorded. After a resume from a checkpoint the epochs since the checkpoint are
+    trained again, and on a GPU (cuDNN's autotuning) to other values; the run that continued
+    is the one whose weights went on to the later epochs, the score and any checkpoint the
+    trial leaves, so its value is the epoch's, here as in trials.parquet
+    (`tune.results.trials_table`). Optuna's `Trial.report` keeps an epoch's first value and
+    ignores a repeat with a warning; its storage's `set_trial_intermediate_value` (Optuna 5.0)
+    replaces it."""
+    trial.storage.set_trial_intermediate_value(trial._trial_id, int(epoch), float(value))
+
+
 # A failed trial (NaN loss, out of memory) is PRUNED with this constraint violated: TPE
 # ranks infeasible trials below every feasible one, so its region counts as bad. Told FAIL,
 # TPE would ignore it and keep proposing its neighbours.
@@ -117,6 +129,7 @@ def tell_outcome(
         running_trial(study, number).set_user_attr("failure", "never ran")
         study.tell(number, state=TrialState.FAIL)
     elif (iteration := int(result.get("training_iteration", 0))) >= max_epochs:
+        # Each epoch's latest value (`record_epoch`), the final result's the latest of all.
         values = {**study.trials[number].intermediate_values, iteration: float(result[METRIC])}
         study.tell(number, final_value(values, max_epochs))
     else:
