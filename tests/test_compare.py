@@ -118,19 +118,21 @@ def _table() -> pd.DataFrame:
     records = [
         # Stopped early at a high accuracy: never a candidate.
         _record("early", 0, [0.6, 0.9]),
-        _record("a", 1, [0.5, 0.6, 0.70, 0.72]),  # score 0.72 (4 epochs: last 1)
+        _record("a", 1, [0.5, 0.6, 0.70, 0.80]),  # score 0.80 (4 epochs: last 1)
         _record("b", 2, [0.5, 0.6, 0.68, 0.71]),
         _record("c", 3, [0.5, 0.6, 0.60, 0.65]),
-        # The finalists' re-runs: b's are better than a's.
-        _record("a1", 1, [0.5, 0.6, 0.6, 0.64], "finalist"),
-        _record("b1", 2, [0.5, 0.6, 0.7, 0.73], "finalist"),
-        _record("b2", 2, [0.5, 0.6, 0.5, 0.55, 0.6][:3], "finalist"),  # failed to finish
+        # The finalists' re-runs: b's are better than a's, though a's search run was best and
+        # counted in, would keep a first: (0.80 + 0.70) / 2 > (0.71 + 0.72 + 0.73) / 3.
+        _record("a1", 1, [0.5, 0.6, 0.6, 0.70], "finalist"),
+        _record("b1", 2, [0.5, 0.6, 0.7, 0.72], "finalist"),
+        _record("b2", 2, [0.5, 0.6, 0.7, 0.73], "finalist"),
+        _record("b3", 2, [0.5, 0.6, 0.5, 0.55, 0.6][:3], "finalist"),  # failed to finish
         _record("s", 0, [0.3, 0.4, 0.5, 0.5], "baseline"),
     ]
     return trials_table(records, max_epochs=4)
 
 
-def test_a_stopped_early_trial_is_never_the_winner_and_the_finalists_decide(
+def test_a_stopped_early_trial_is_never_the_winner_and_the_finalists_re_runs_decide(
     tmp_path: Path,
 ) -> None:
     table = _table()
@@ -138,29 +140,53 @@ def test_a_stopped_early_trial_is_never_the_winner_and_the_finalists_decide(
     assert early["status"] == "stopped_early" and math.isnan(early["score"])
     assert early["best_val_acc"] == 0.9  # the best single epoch of all: still not a candidate
     assert list(candidates(table)["trial_id"]) == ["a", "b", "c"]
-    assert list(table["trial_id"])[:2] == ["b1", "a"]  # ranked by score, scored rows first
+    assert list(table["trial_id"])[:2] == ["a", "b2"]  # ranked by score, scored rows first
 
     alone = finalist_ranking(table[table["role"] == "search"], 0)
     assert list(alone["trial_id"]) == ["a"]  # without finalists, the best score wins
+    assert list(alone["runs"]) == [0] and math.isnan(alone.iloc[0]["val_mean"])
 
     ranking = finalist_ranking(table, 2)
-    assert list(ranking["trial_id"]) == ["b", "a"]  # b: (0.71 + 0.73) / 2 > a: (0.72 + 0.64) / 2
+    # By the re-runs alone (the search runs chose them): b 0.725 over a 0.70.
+    assert list(ranking["trial_id"]) == ["b", "a"]
     assert list(ranking["search_rank"]) == [2, 1] and list(ranking["rank"]) == [1, 2]
-    assert list(ranking["runs"]) == [2, 2]  # b2 did not train every epoch: not a full run
-    assert ranking.iloc[0]["val_mean"] == pytest.approx(0.72)
-    assert ranking.iloc[0]["val_std"] == pytest.approx(np.std([0.71, 0.73], ddof=1))
+    assert list(ranking["runs"]) == [2, 1]  # b3 did not train every epoch: not a full run
+    assert list(ranking["search_score"]) == pytest.approx([0.71, 0.80])
+    assert ranking.iloc[0]["val_mean"] == pytest.approx(0.725)
+    assert ranking.iloc[0]["val_std"] == pytest.approx(np.std([0.72, 0.73], ddof=1))
+    assert math.isnan(ranking.iloc[1]["val_std"])  # one re-run has no spread
 
     settings = {"name": "x", "space": "tiny", "budget": 1000, "max_epochs": 4, "seed": 0,
-                "finalists": 2, "finalist_seeds": 2}  # fmt: skip
-    best = {"trial_id": "b", "params": 1000, "stages": "1x8", "val_mean": 0.72}
+                "finalists": 2, "finalist_seeds": 3}  # fmt: skip
+    best = {"trial_id": "b", "params": 1000, "stages": "1x8", "val_mean": 0.725}
     out = tmp_path
     write_report(out, table, {}, [], best, None, None, settings, finalists=ranking)
     report = (out / "report.md").read_text()
-    assert "| 1 | 2 | b | " in report and "72.00% ± 1.41%" in report
+    assert "| 1 | 2 | b |  | 1,000 | 71.00% | 2 | 72.50% ± 0.71% | 73.00%, 72.00% |" in report
+    assert "| 2 | 1 | a |  | 1,000 | 80.00% | 1 | 70.00% | 70.00% |" in report
+    assert "search score (not counted)" in report and "winner's curse" in report
     assert "The re-runs changed the order: trial b (rank 2 in the search) wins over trial a" in (
         report
     )
     assert "run this search with `--baseline seeds`" in report
+
+
+def test_a_finalists_re_run_computes_no_decay_branches(tmp_path: Path) -> None:
+    from search_spaces import get_space, trial_configs
+    from tune.finalize import finalist_configs
+
+    point = dict(get_space("efficient_resnet").starting_points[0])
+    config = {**point, "space": "efficient_resnet", "width_scale": 0.5, "params": 1000,
+              "rung_epochs": [2], "trial_number": 1, "seed": 5}  # fmt: skip
+    history = pd.DataFrame({"epoch": range(1, 7), "val_acc": np.linspace(0.3, 0.6, 6)})
+    records = [TrialRecord("a", config, history)]
+    settings = replace(_settings(tmp_path), finalists=1, finalist_seeds=2)
+    configs = finalist_configs(trials_table(records, 6), records, settings)
+    assert [c["finalist_of"] for c in configs] == [1, 1]
+    assert len({c["seed"] for c in configs} | {5}) == 3  # new seeds, never the search trial's
+    for rerun in configs:  # trained as the trial is (tune.trainable: with rungs)
+        assert trial_configs(rerun, 6, rungs=True)[1].decay_eval_epochs == ()
+    assert trial_configs(config, 6, rungs=True)[1].decay_eval_epochs == (2,)
 
 
 def _settings(tmp: Path, **changes) -> SearchSettings:

@@ -102,11 +102,12 @@ def finalist_configs(
 ) -> list[dict[str, Any]]:
     """The top --finalists candidates' configurations, --finalist-seeds times each with new
     seeds. A re-run is no trial of the Optuna study: `finalist_of` (the search trial's number)
-    replaces its `trial_number`."""
+    replaces its `trial_number`. No rungs: no scheduler stops a re-run, so a decay branch at
+    the search's rungs would be computed for nothing (about a tenth more epochs)."""
     by_id = {r.trial_id: r for r in records}
     configs = []
     for trial_id in candidates(table)["trial_id"].head(settings.finalists):
-        config = dict(by_id[trial_id].config)
+        config = {**by_id[trial_id].config, "rung_epochs": []}
         number = int(config.pop("trial_number"))
         for run in range(settings.finalist_seeds):
             seed = finalist_seed(settings.seed, number, run)
@@ -115,34 +116,44 @@ def finalist_configs(
 
 
 def finalist_ranking(table: pd.DataFrame, finalists: int) -> pd.DataFrame:
-    """The top `finalists` candidates (at least one) with every full run of their
-    configuration (the search trial and its finalist re-runs that trained every epoch): runs,
-    mean and std of their scores, the search's order (`search_rank`) and the new one (`rank`).
-    The first row is the winner."""
+    """The top `finalists` candidates (at least one), ranked by their finalist re-runs alone:
+    each with the scores of its re-runs that trained every epoch (`scores`; their number
+    `runs`, mean `val_mean`, std `val_std`, NaN below two), the search trial's own score
+    beside them (`search_score`), the search's order (`search_rank`) and the new one (`rank`).
+    The first row is the winner.
+
+    The search score does not count: a finalist was chosen for being among the highest of many
+    noisy runs, so that run is biased upward (a winner's curse, the strongest for the search's
+    best), while its re-runs' seeds were chosen by nothing. Mixing it in mostly keeps the
+    search's order and overstates the winner's score. A candidate without a full re-run (none
+    were asked for, or each failed) ranks after those with one, in the search's order; with no
+    re-runs at all the order is the search's."""
     top = candidates(table).head(max(1, finalists))
     reruns = table[(table["role"] == "finalist") & (table["status"] == "completed")]
     if "config/finalist_of" not in reruns:
         reruns = reruns.assign(**{"config/finalist_of": math.nan})
     rows = []
     for search_rank, (_, row) in enumerate(top.iterrows(), 1):
-        number = row["config/trial_number"]
-        mine = reruns["config/finalist_of"] == number
-        scores = [row["score"], *reruns.loc[mine, "score"]]
+        mine = reruns["config/finalist_of"] == row["config/trial_number"]
+        scores = [float(x) for x in reruns.loc[mine, "score"]]
         rows.append(
             {
                 "trial_id": row["trial_id"],
                 "stages": row["stages"],
                 "params": int(row["params"]),
                 "search_rank": search_rank,
+                "search_score": float(row["score"]),
                 "runs": len(scores),
-                "val_mean": statistics.fmean(scores),
-                "val_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                "scores": [float(x) for x in scores],
+                "val_mean": statistics.fmean(scores) if scores else math.nan,
+                "val_std": statistics.stdev(scores) if len(scores) > 1 else math.nan,
+                "scores": scores,
             }
         )
     ranking = pd.DataFrame(rows)
     if len(ranking):
-        ranking = ranking.sort_values("val_mean", ascending=False, kind="stable")
+        ranking = ranking.sort_values(
+            "val_mean", ascending=False, na_position="last", kind="stable"
+        )
         ranking["rank"] = range(1, len(ranking) + 1)
     return ranking.reset_index(drop=True)
 
@@ -233,10 +244,16 @@ def summarize_trials(
     winner = ranking.iloc[0]
     row = table[table["trial_id"] == winner["trial_id"]].iloc[0]
     record = next(r for r in records if r.trial_id == winner["trial_id"])
+    # Its validation score: the mean of its re-runs where it has any (`score` is the search
+    # run's, which chose it and so overstates it), with their std where there are two.
+    rerun_stats = {}
+    if winner["runs"]:
+        rerun_stats["val_mean"] = float(winner["val_mean"])
+    if winner["runs"] > 1:
+        rerun_stats["val_std"] = float(winner["val_std"])
     best = {
         **_chosen(record, row, settings),
-        "val_mean": float(winner["val_mean"]),
-        "val_std": float(winner["val_std"]),
+        **rerun_stats,
         "val_runs": winner["scores"],
         "search_seconds": search_seconds,
         "cluster_gpus": cluster_gpus,
@@ -244,9 +261,13 @@ def summarize_trials(
     }
     write_json(exp / "best_config.json", best)
     settings.storage.push("trials.parquet", "best_config.json")
+    if winner["runs"]:
+        spread = f" +- {winner['val_std']:.2%}" if winner["runs"] > 1 else ""
+        validation = f"{winner['val_mean']:.2%}{spread} over {int(winner['runs'])} re-run(s)"
+    else:
+        validation = f"{best['score']:.2%} in the search (no re-runs)"
     logger.info(
-        f"winner: trial {best['trial_id']}, validation {best['val_mean']:.2%} +- "
-        f"{best['val_std']:.2%} over {int(winner['runs'])} full run(s), {best['params']:,} params"
+        f"winner: trial {best['trial_id']}, validation {validation}, {best['params']:,} params"
     )
     return SearchOutcome(
         records, table, meta, best, importances, ranking, baseline, importances_basis=basis

@@ -461,22 +461,30 @@ def _winner_lines(
     if finalists is None or not len(finalists):
         return [*lines, ""]
     reruns = int(settings.get("finalist_seeds") or 0) if int(settings.get("finalists") or 0) else 0
-    if reruns:
-        lines[-1] += (
-            f" The top {len(finalists)} were re-run with {reruns} new seed(s) each at the full "
-            "epochs (role `finalist` in trials.parquet); the winner has the best mean score "
-            "over all its full runs."
-        )
+    if not reruns:
+        return [*lines, ""]
+    lines[-1] += (
+        f" The top {len(finalists)} were re-run with {reruns} new seed(s) each at the full "
+        "epochs (role `finalist` in trials.parquet); the winner has the best mean score over "
+        "its re-runs alone. The search run each was chosen for is shown but not counted: "
+        "chosen for being among the highest of many noisy runs, it overstates its "
+        "configuration (the winner's curse)."
+    )
     lines += [
         "",
-        "| rank | search rank | trial | network | parameters | full runs | score, mean ± std "
-        "| each run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rank | search rank | trial | network | parameters | search score (not counted) "
+        "| re-runs | re-run score, mean ± std | each re-run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in finalists.to_dict("records"):
+        mean = "none"
+        if row["runs"]:
+            mean = f"{row['val_mean']:.2%}"
+        if row["runs"] > 1:
+            mean += f" ± {row['val_std']:.2%}"
         lines.append(
             f"| {row['rank']} | {row['search_rank']} | {row['trial_id']} | {row['stages']} | "
-            f"{row['params']:,} | {row['runs']} | {row['val_mean']:.2%} ± {row['val_std']:.2%} | "
+            f"{row['params']:,} | {row['search_score']:.2%} | {row['runs']} | {mean} | "
             + ", ".join(f"{x:.2%}" for x in row["scores"])
             + " |"
         )
