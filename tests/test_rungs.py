@@ -1,8 +1,6 @@
 """Rungs that judge finished schedules: the warm-up-stable-decay schedule, the decay branch a
 trial evaluates at each rung, and where the rungs sit."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -111,18 +109,23 @@ def test_the_branch_epochs_are_exactly_the_asha_rungs_of_every_bracket(max_t, gr
     assert all(isinstance(m, int) for m in asha_milestones(max_t, grace, rf, brackets))
 
 
-def test_a_trial_evaluates_branches_at_its_rungs_and_a_retrain_does_not():
+def test_a_trial_evaluates_branches_at_its_rungs_and_a_retrain_does_not(tmp_path):
     from search_spaces import get_space, trial_configs
+    from tune.trainable import TrialSettings
 
-    space = get_space("efficient_resnet")
-    point = dict(space.starting_points[0])
-    config = {**point, "space": "efficient_resnet", "width_scale": 0.5, "rung_epochs": [4, 12]}
-    _, trial_cfg = trial_configs(config, 30, rungs=True)
-    assert trial_cfg.decay_eval_epochs == (4, 12) and trial_cfg.schedule == "wsd"
+    from .trialrun import run_trial_here, small_splits, trial_config
+
+    config = trial_config(
+        "efficient_resnet", dict(get_space("efficient_resnet").starting_points[0]), 5, [2, 3]
+    )
+    settings = TrialSettings(max_epochs=5, max_batch_size=32, use_gpu=False, threads=1)
+    # The trial itself, as Ray runs it: a branch at each rung, reported beside the main run.
+    reported = run_trial_here(config, small_splits(), settings, tmp_path)
+    assert ["decay_branch_epochs" in m for m in reported] == [False, True, True, False, False]
+    assert all("stable_val_acc" in m for m in reported[1:3])
+    # Its retrain, from the same config: no branches.
     _, retrain_cfg = trial_configs(config, 30)
-    assert retrain_cfg.decay_eval_epochs == ()
-    source = (Path(__file__).resolve().parents[1] / "tune" / "trainable.py").read_text()
-    assert "trial_configs(config, settings.max_epochs, rungs=True)" in source
+    assert retrain_cfg.decay_eval_epochs == () and retrain_cfg.schedule == "wsd"
 
 
 @pytest.mark.parametrize(("epochs", "brackets"), [(6, 1), (15, 2), (30, 2)])
