@@ -134,3 +134,37 @@ def test_the_retrain_fails_without_its_gpu_and_predicts_with_the_recipes_precisi
             retrain._logits([torch.nn.Identity()], images, cfg, CPU, tta)
             expected.append((bf16, channels_last, tta))
     assert seen == expected
+
+
+def test_a_trial_in_a_reused_worker_trains_as_it_would_in_a_fresh_process(tmp_path):
+    """Trials reuse their worker process (Ray's reuse_actors): a trial that follows another
+    in the same process (its data already on the device, every generator moved on, the
+    previous model and optimizer just let go) trains exactly as in a process of its own."""
+    import json
+    import subprocess
+    import sys
+
+    from search_spaces import get_space
+    from tune.trainable import TrialSettings
+
+    from .trialrun import ROOT, run_trial_here, small_splits, trained_values, trial_config
+
+    first, second = get_space("efficient_resnet").starting_points[:3:2]  # mixup in the second
+    earlier = trial_config("efficient_resnet", dict(first), seed=3, rung_epochs=[2])
+    point = {**second, "erasing": True, "erasing_p": 0.5}
+    config = trial_config("efficient_resnet", point, seed=11, rung_epochs=[2])
+    settings = TrialSettings(max_epochs=4, max_batch_size=32, use_gpu=False, threads=1)
+    splits = small_splits()
+    run_trial_here(earlier, splits, settings, tmp_path / "earlier")
+    reused = trained_values(run_trial_here(config, splits, settings, tmp_path / "reused"))
+
+    fresh = subprocess.run(
+        [sys.executable, "-m", "tests.trialrun", json.dumps([config, 4]), str(tmp_path / "fresh")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert [m["epoch"] for m in reused] == [1, 2, 3, 4] and "stable_val_acc" in reused[1]
+    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == reused
