@@ -200,8 +200,8 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 def test_a_checkpoint_claiming_a_huge_network_is_refused_before_it_is_built(
     tmp_path, capsys, stages, expected
 ):
-    """A few-kilobyte checkpoint whose architecture would need terabytes: refused in about a
-    second, with nothing large allocated."""
+    """A few-kilobyte checkpoint whose architecture would need terabytes: refused at once, with
+    nothing large allocated."""
     arch = {**TINY.to_dict(), "stages": stages}
     path = tmp_path / "huge.pt"
     torch.save({"arch": arch, "model": {}, "train_config": quick_cfg().to_dict()}, path)
@@ -216,7 +216,10 @@ def test_a_checkpoint_claiming_a_huge_network_is_refused_before_it_is_built(
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert rc == 2 and time.perf_counter() - started < 5
+    # Refused in milliseconds, before anything is built: the memory peak says nothing large
+    # was; 60 s bounds a hang (building 100,000 blocks one by one), with room for a loaded
+    # machine.
+    assert rc == 2 and time.perf_counter() - started < 60
     assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB"
     err = capsys.readouterr().err
     assert "huge.pt" in err and expected in err
