@@ -72,8 +72,15 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
     except UsageError as e:
         logger.error(e)
         return 2
-
+    # Then the budget, which needs torch (it counts networks), before the other imports.
     from models import BudgetTooSmallError
+
+    try:
+        check_budget(args)
+    except BudgetTooSmallError as e:
+        logger.error(e)
+        return 2
+
     from training.data import DEFAULT_VAL_SIZE, DataError, load_cifar10, load_images, make_splits
     from tune.finalize import (
         collect_records,
@@ -96,7 +103,6 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
     from tune.storage import StorageError
 
     try:
-        check_budget(args)
         storage, saved = open_storage(args)
         data_path = saved.data if saved else args.data
         reading = time.perf_counter()
@@ -112,7 +118,7 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
         )
         predict_path = saved.predict if saved else args.predict
         predict = load_images(predict_path) if predict_path else None
-    except (UsageError, BudgetTooSmallError, DataError, StorageError) as e:
+    except (UsageError, DataError, StorageError) as e:
         logger.error(e)
         return 2
 
