@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -107,7 +108,8 @@ def test_ctrl_c_stops_the_search_and_its_retrain_and_the_resumed_study_agrees_wi
     assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
     assert seconds < STOP_WITHIN_S, seconds
     resume = _resume_line(stderr)
-    assert resume[:3] == ["python", "-m", "tune.search"] and resume[3:] == args
+    # Run by the Python that ran the search (which need not be on PATH).
+    assert resume[:3] == [sys.executable, "-m", "tune.search"] and resume[3:] == args
     assert "Tuner.restore" not in stderr + (out / "stdout.txt").read_text()
     for artifact in ("trials.parquet", "best_config.json", "final", "report.md"):
         assert not (exp / artifact).exists(), artifact

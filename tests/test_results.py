@@ -24,8 +24,9 @@ def test_the_frontier_keeps_only_trials_nothing_beats_on_both_counts():
         [
             ("small", "completed", 100, 0.50),
             ("dominated", "completed", 200, 0.45),  # bigger and worse than "small"
-            ("mid", "stopped_early", 300, 0.60),
+            ("mid", "completed", 300, 0.60),
             ("tie_bigger", "completed", 400, 0.60),  # as good as "mid", but bigger
+            ("stopped", "stopped_early", 350, 0.65),  # no score: an unfinished schedule
             ("big", "completed", 900, 0.70),
             ("broken", "failed", 50, 0.99),  # failed trials are not candidates
         ]
@@ -42,7 +43,7 @@ def test_the_report_shows_the_frontier_and_the_importances(tmp_path):
     assert "![](importances.png)" in report
     assert (tmp_path / "importances.png").read_bytes()[:8] == PNG_MAGIC
     frontier = report.split("The Pareto frontier")[1].split("## ")[0]
-    assert "| a | completed | 100 |" in frontier and "| b | completed | 300 |" in frontier
+    assert "| a | 100 | 1x8 | 50.00% |" in frontier and "| b | 300 | 1x8 | 70.00% |" in frontier
 
     write_report(tmp_path / "few", table, {}, [], None, None, None, settings, {})
     assert "Too few trials to tell" in (tmp_path / "few" / "report.md").read_text()

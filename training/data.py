@@ -9,6 +9,7 @@ Formats (folders or archives read in memory, never extracted to disk):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import lzma
@@ -600,10 +601,12 @@ def _decode_rgb(data: bytes) -> torch.Tensor:
 
 
 def _download(cache_dir: Path) -> CifarData:
+    before = _existing(cache_dir)
     try:
         train = torchvision.datasets.CIFAR10(root=str(cache_dir), train=True, download=True)
         test = torchvision.datasets.CIFAR10(root=str(cache_dir), train=False, download=True)
     except Exception as e:  # no network shows up as URLError, OSError, RuntimeError, ...
+        _remove_new(cache_dir, before)
         raise DataError(
             f"could not download CIFAR-10 into {cache_dir} ({type(e).__name__}: {e}); this machine "
             f"looks offline. Pass --data PATH instead, a folder or archive in one of these "
@@ -618,3 +621,24 @@ def _download(cache_dir: Path) -> CifarData:
         for d in (train, test)
     ]
     return CifarData(train=sets[0], test=sets[1], source=f"torchvision CIFAR10 in {cache_dir}")
+
+
+def _existing(folder: Path) -> set[Path]:
+    """What exists of `folder`, its files (one level: torchvision's archive) and the folders
+    above it."""
+    files = set(folder.iterdir()) if folder.is_dir() else set()
+    return files | {p for p in (folder, *folder.parents) if p.exists()}
+
+
+def _remove_new(folder: Path, before: set[Path]) -> None:
+    """Undo what a failed download made: a partly written archive, and the folders it created
+    (a failure leaves no empty cache folder behind)."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path not in before and path.is_file():
+                path.unlink(missing_ok=True)
+    for path in (folder, *folder.parents):
+        if path in before:
+            break
+        with contextlib.suppress(OSError):  # not empty: something else put files there
+            path.rmdir()

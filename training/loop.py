@@ -466,9 +466,11 @@ def train(
             metrics["val_loss"], metrics["val_acc"] = evaluate(
                 state.inference_model(), val_set, cfg, device
             )
+            # The main run's, every epoch (a rung's val_acc becomes its decay branch's): a
+            # results file that fixes its columns at the first epoch has them too.
+            metrics["stable_val_loss"] = metrics["val_loss"]
+            metrics["stable_val_acc"] = metrics["val_acc"]
             if _branch_due(cfg, state.epoch, steps):
-                metrics["stable_val_loss"] = metrics["val_loss"]
-                metrics["stable_val_acc"] = metrics["val_acc"]
                 branch = _decay_branch(state, train_set, val_set, epoch < mix_epochs)
                 metrics.update(branch)
                 state.elapsed += branch["decay_branch_seconds"]

@@ -76,6 +76,10 @@ def run_training(
     def report(metrics: dict[str, float], state: TrainState) -> None:
         save_checkpoint(out / "checkpoint.pt", {**state.checkpoint(), **(checkpoint_extra or {})})
         log_epoch(metrics, cfg.epochs, started)
+        test = splits.test
+        if metrics["epoch"] >= cfg.epochs and test is not None and test.labels is not None:
+            # What follows the last epoch's line, silent otherwise (a minute on a CPU).
+            logger.info("testing on %s test images", f"{len(test):,}")
 
     result = train(arch, cfg, splits, report=report, device=device, resume=resume)
     metrics = {

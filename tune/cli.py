@@ -1,10 +1,13 @@
 """The search command's arguments: the parser, the defaults, and every check that needs
-neither data nor Ray, so a typo fails in a second."""
+neither data nor Ray, so a typo fails in a second; and how the command writes a command
+line that a user can paste."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +16,9 @@ from tune.rungs import DEFAULT_REDUCTION_FACTOR
 
 # Nothing here imports torch or Ray (models and search_spaces import torch): `--help` and a
 # mistyped option answer at once. So the default budget is written out; a test checks that it
-# is models.DEFAULT_BUDGET.
+# is models.DEFAULT_BUDGET. The same for the spaces' names (search_spaces.SPACES).
 FULL_BUDGET = 5_000_000
+SPACE_NAMES = ("efficient_resnet", "seeds", "tiny")
 
 
 class UsageError(ValueError):
@@ -111,11 +115,42 @@ predictions.csv) and report.md. Re-running with the same --name (or --resume) co
 """
 
 
+def pasteable(path: Path) -> str:
+    """`path` as the shell that started this process can run it: relative to the current
+    folder where it lies inside it (`.venv/bin/python`), else absolute."""
+    try:
+        text = str(path.relative_to(Path.cwd()))
+    except ValueError:  # outside the current folder (or already relative)
+        return str(path)
+    return text if "/" in text else f"./{text}"  # a bare name would be looked up in PATH
+
+
+def interpreter() -> str:
+    """The Python running this command, as a line to paste names it: the README runs
+    `.venv/bin/python -m tune.search` from a shell whose PATH lacks the venv, where a bare
+    `python` is another Python (without torch) or none at all."""
+    return pasteable(Path(sys.executable))
+
+
+def beside_interpreter(tool: str) -> str:
+    """A command installed with this Python (tensorboard, optuna-dashboard), named so that it
+    runs from the same shell; its bare name where it is not installed beside it."""
+    path = Path(sys.executable).parent / tool
+    return pasteable(path) if path.exists() else tool
+
+
+def command_line(module: str, *args: object) -> str:
+    """`python -m MODULE ARGS` with this Python, quoted for a POSIX shell."""
+    return shlex.join([interpreter(), "-m", module, *map(str, args)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tune.search",
+        prog=f"{interpreter()} -m tune.search",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # A mistyped option (--num-sample) is an error, not taken for the one it begins.
+        allow_abbrev=False,
     )
     a = p.add_argument
     a("--space", default="efficient_resnet", help="search space (see --list-spaces)")
@@ -234,11 +269,11 @@ def format_space_list() -> str:
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    from search_spaces import SPACES, get_space, list_spaces
-
-    if args.space not in SPACES:
+    """Every check of the options that needs no torch (the space's name, the ranges, the
+    files named), so that a mistake is refused before the seconds torch takes to import."""
+    if args.space not in SPACE_NAMES:
         raise UsageError(
-            f"unknown search space {args.space!r}; valid spaces: {', '.join(list_spaces())}"
+            f"unknown search space {args.space!r}; valid spaces: {', '.join(SPACE_NAMES)}"
         )
     for flag in (
         "budget",
@@ -274,5 +309,12 @@ def validate_args(args: argparse.Namespace) -> None:
         )
     if args.predict is not None and not Path(args.predict).is_file():
         raise UsageError(f"--predict {args.predict} is not a file; pass an unlabeled pickle")
+
+
+def check_budget(args: argparse.Namespace) -> None:
+    """A budget below the space's smallest network is refused (models.BudgetTooSmallError);
+    counting networks needs torch, so this follows `validate_args`."""
+    from search_spaces import get_space
+
     # Without --budget the smaller default is checked: a GPU may not be there.
     get_space(args.space).check_budget(args.budget or min(FULL.budget, REDUCED.budget))

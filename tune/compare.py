@@ -171,8 +171,10 @@ def setting_differences(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> l
 
 
 def matching_command(ours: Mapping[str, Any]) -> str:
-    """A `--space seeds` command whose experiment matches ours."""
-    parts = ["python -m tune.search --space seeds"]
+    """A `--space seeds` command whose experiment matches ours, run by this Python."""
+    from tune.cli import command_line
+
+    parts = [command_line("tune.search", "--space", "seeds")]
     for key, flag in MATCHING.items():
         if ours.get(key) is not None:
             parts.append(f"{flag} {ours[key]}")

@@ -33,7 +33,7 @@ from tune.results import (
 )
 from tune.settings import SETTINGS_FILE, SearchSettings
 from tune.storage import is_uri
-from tune.study import close_study, param_importances
+from tune.study import MIN_TRIALS_FOR_IMPORTANCES, close_study, param_importances
 
 logger = logging.getLogger(__name__)
 REPORT_FILES = ("report.md", "params_vs_acc.png", "curves.png", "rungs.png", "importances.png")
@@ -357,6 +357,13 @@ def retrain_best(
         "extra": {"search": settings.name, "trial_id": best["trial_id"]},
         "out": out,
     }
+    logger.info(
+        f"retraining {'the best seed network' if out == BASELINE_FINAL else 'the winner'} "
+        f"(trial {best['trial_id']}) on {len(train):,} train + validation images: "
+        f"{len(seeds)} seed(s) of {cfg.epochs} epochs, then each tested on "
+        f"{len(splits.test):,} test images with and without flip TTA; into "
+        f"{settings.storage.uri}/{out}"
+    )
     started = time.perf_counter()
     seed_task = ray.remote(retrain_seed_in_storage).options(**resources)
     per_seed = get_interruptibly(
@@ -392,7 +399,8 @@ def retrain_best(
     )
     logger.info(
         f"retrained {best['trial_id']}: test {final['test_acc_mean']:.2%} +- "
-        f"{final['test_acc_std']:.2%} over {len(final['test_acc'])} seed(s); wrote "
+        f"{final['test_acc_std']:.2%} over {len(final['test_acc'])} seed(s) "
+        f"({'with flip TTA' if cfg.tta_flip else 'without TTA'}, as its recipe tests); wrote "
         f"{settings.storage.uri}/{out}"
     )
     return final
@@ -492,6 +500,18 @@ def find_seed_baseline(settings: SearchSettings) -> dict[str, Any] | None:
     return mismatched
 
 
+def importance_trials(table: pd.DataFrame) -> int:
+    """How many trials tune.study.param_importances measures over, as the table counts them:
+    the completed ones when there are enough, else every one that reported an epoch."""
+    if not len(table):
+        return 0
+    search = table[table["role"] == "search"]
+    completed = int((search["status"] == "completed").sum())
+    if completed >= MIN_TRIALS_FOR_IMPORTANCES:
+        return completed
+    return int(((search["epochs_run"] > 0) & (search["status"] != "error")).sum())
+
+
 def report(settings: SearchSettings, outcome: SearchOutcome, final: dict[str, Any] | None) -> Path:
     """report.md and its plots, written in the experiment and copied to its storage."""
     milestones = asha_milestones(
@@ -515,6 +535,7 @@ def report(settings: SearchSettings, outcome: SearchOutcome, final: dict[str, An
         outcome.importances,
         outcome.importances_basis,
         finalists=outcome.finalists,
+        importances_trials=importance_trials(outcome.table),
     )
     settings.storage.push(*REPORT_FILES)
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from training.artifacts import atomic_write, code_version, write_text  # noqa: E402
+from tune.cli import beside_interpreter  # noqa: E402
 from tune.compare import final_value, score_epochs, welch  # noqa: E402
 
 # What the seed reports claimed (../shared/seeds/README.md), selected on the CIFAR-10 test
@@ -33,6 +36,14 @@ SEED_REPORTED_ACC = {
     "resnet_dropout_3x4": 0.9310,
 }
 
+
+# What "the seed networks" are, for a reader who has not met the seed reports.
+SEED_NOTE = (
+    "The seed networks are the ResNets of the five seed reports this project starts from "
+    "(reports 000 to 004: earlier work on CIFAR-10 ResNets under 5 million parameters, each "
+    "with its own network and training recipe; README.md lists them). They are the "
+    "baseline a search must beat."
+)
 
 # How a network's stages are written in tables and in trials.parquet's `stages` column.
 STAGES_NOTE = (
@@ -187,16 +198,19 @@ def rung_counts(table: pd.DataFrame, milestones: list[int]) -> list[tuple[int, i
 
 
 def pareto_frontier(table: pd.DataFrame) -> pd.DataFrame:
-    """The trials no other trial beats on both counts (fewer or equal parameters and higher
-    or equal validation accuracy, one of them strictly), smallest first."""
-    ranked = table[~table["status"].isin(["error", "failed"])].dropna(subset=["best_val_acc"])
-    ranked = ranked.sort_values(["params", "best_val_acc"], ascending=[True, False])
+    """The trials that trained every epoch that no other such trial beats on both counts
+    (fewer or equal parameters and a higher or equal score, one of them strictly), smallest
+    first. Only scores compare: a trial ASHA stopped has none (its accuracy is of a shorter,
+    unfinished schedule), and a trial's best epoch is the luckiest of its noisy evaluations
+    (and, at a rung, of a decay branch's)."""
+    scored = table[table["status"] == "completed"].dropna(subset=["score"])
+    scored = scored.sort_values(["params", "score"], ascending=[True, False], kind="stable")
     keep, best = [], -1.0
-    for index, acc in ranked["best_val_acc"].items():
-        if acc > best:
+    for index, score in scored["score"].items():
+        if score > best:
             keep.append(index)
-            best = acc
-    return ranked.loc[keep]
+            best = score
+    return scored.loc[keep]
 
 
 def _params_unit(params: pd.Series) -> tuple[float, str]:
@@ -204,62 +218,134 @@ def _params_unit(params: pd.Series) -> tuple[float, str]:
     return (1e6, "millions") if params.max() >= 1e6 else (1e3, "thousands")
 
 
-def _plot_params_vs_acc(table: pd.DataFrame, path: Path) -> None:
+def _unscored_note(table: pd.DataFrame) -> str:
+    """Which of the trials a plot of scores leaves out, and why."""
+    counts = table["status"].value_counts()
+    parts = []
+    if counts.get("stopped_early", 0):
+        parts.append(f"{counts['stopped_early']} stopped early by ASHA (unfinished schedules)")
+    failed = counts.get("failed", 0) + counts.get("error", 0)
+    if failed:
+        parts.append(f"{failed} failed")
+    if counts.get("not_run", 0):
+        parts.append(f"{counts['not_run']} never ran")
+    return f"Not shown, having no score: {', '.join(parts)}." if parts else ""
+
+
+def params_vs_acc_figure(table: pd.DataFrame, max_epochs: int) -> Any:
+    """Each trial that trained every epoch: its score against its size, with the Pareto
+    frontier."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    frontier = pareto_frontier(table)
+    scored = table[table["status"] == "completed"].dropna(subset=["score"])
     unit, unit_name = _params_unit(table["params"])
+    frontier = pareto_frontier(table)
     if len(frontier):
         ax.step(
             frontier["params"] / unit,
-            frontier["best_val_acc"] * 100,
+            frontier["score"] * 100,
             where="post",
             color="0.4",
             linewidth=1,
             label="Pareto frontier",
         )
-    for status, marker in (
-        ("completed", "o"),
-        ("stopped_early", "x"),
-        ("failed", "s"),
-        ("error", "s"),
-    ):
-        part = table[table["status"] == status]
-        if len(part):
-            ax.scatter(
-                part["params"] / unit, part["best_val_acc"] * 100, marker=marker, label=status
-            )
+    if len(scored):
+        ax.scatter(
+            scored["params"] / unit, scored["score"] * 100, marker="o", label="trained every epoch"
+        )
     ax.set_xlabel(f"trainable parameters ({unit_name})")
-    ax.set_ylabel("best validation accuracy (%)")
-    ax.set_title("Every trial: accuracy against size")
+    k = score_epochs(max_epochs)
+    ax.set_ylabel(f"score: mean validation accuracy of the last {k} epoch(s) (%)")
+    ax.set_title(f"Accuracy against size: the {len(scored)} trial(s) that trained every epoch")
+    note = _unscored_note(table)
+    if note:
+        fig.text(0.01, -0.02, note, fontsize="small", va="top")
     ax.grid(alpha=0.3)
-    ax.legend()
-    _save(fig, path)
+    if len(scored):
+        ax.legend()
+    return fig
 
 
-def _plot_curves(histories: dict[str, pd.DataFrame], table: pd.DataFrame, path: Path) -> None:
+def main_run_accuracy(history: pd.DataFrame) -> pd.Series:
+    """A trial's main-run validation accuracy at each reported epoch: `stable_val_acc` where
+    the epoch reported it (every epoch now; only at rungs in older trials), else `val_acc`,
+    which is the main run's at every epoch without a decay branch."""
+    if "stable_val_acc" not in history:
+        return history["val_acc"]
+    return history["stable_val_acc"].fillna(history["val_acc"])
+
+
+def curves_figure(histories: dict[str, pd.DataFrame], table: pd.DataFrame) -> Any:
+    """The five best trials' validation accuracy per epoch: the main run as a line, and at
+    each rung the decay branch's accuracy (what ASHA judged there) as a point of its own."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    branches = False
     for trial_id in table["trial_id"].head(5):
         h = histories.get(trial_id)
-        if h is not None and "val_acc" in h:
-            h = epoch_rows(h)
-            ax.plot(h["epoch"], h["val_acc"] * 100, marker=".", label=trial_id)
+        if h is None or "val_acc" not in h:
+            continue
+        h = epoch_rows(h).drop_duplicates("epoch", keep="last")
+        main = main_run_accuracy(h)
+        [line] = ax.plot(h["epoch"], main * 100, marker=".", label=trial_id)
+        branch = h[h["val_acc"].ne(main) & h["val_acc"].notna()]
+        if len(branch):
+            branches = True
+            ax.scatter(
+                branch["epoch"],
+                branch["val_acc"] * 100,
+                marker="^",
+                color=line.get_color(),
+                zorder=3,
+                gid=f"branch:{trial_id}",
+            )
+    if branches:
+        ax.scatter([], [], marker="^", color="0.4", label="decay branch at a rung (ASHA's value)")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Learning curves of the five best trials")
+    ax.set_title("The five best trials: validation accuracy of each main run")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small")
-    _save(fig, path)
+    return fig
 
 
-def _plot_importances(importances: dict[str, float], basis: str, path: Path) -> None:
+# PED-ANOVA (Optuna) compares the best tenth of the trials with all of them; Optuna's
+# documentation advises at least 5 trials in that best tenth.
+IMPORTANCE_TOP_SHARE = 0.1
+IMPORTANCE_MIN_TOP = 5
+
+
+def importances_hint(trials: int | None) -> str:
+    """A warning when `trials` are too few for PED-ANOVA's importances to rank anything;
+    empty when they are enough or unknown."""
+    if trials is None:
+        return ""
+
+    def top_of(n: int) -> int:  # as Optuna's PED-ANOVA takes its best tenth
+        return math.ceil(IMPORTANCE_TOP_SHARE * n)
+
+    top = top_of(trials)
+    if top >= IMPORTANCE_MIN_TOP:
+        return ""
+    enough = next(n for n in range(trials, 10_000) if top_of(n) >= IMPORTANCE_MIN_TOP)
+    return (
+        f"With {trials} trials this is a hint, not a ranking: PED-ANOVA compares the best "
+        f"tenth of the trials (here {top}) with all of them, and Optuna advises at least "
+        f"{IMPORTANCE_MIN_TOP} in that tenth, that is at least {enough} trials."
+    )
+
+
+def importances_figure(importances: dict[str, float], basis: str, trials: int | None) -> Any:
     top = sorted(importances, key=importances.get, reverse=True)[:15]
     names = top[::-1]  # most important on top
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel("importance for validation accuracy (PED-ANOVA, all parameters sum to 1)")
-    ax.set_title(f"The {len(names)} parameters that mattered most, over {basis}")
-    _save(fig, path)
+    title = f"The {len(names)} parameters that mattered most, over {basis}"
+    if importances_hint(trials):
+        title += f"\n(only {trials} trials: a hint, not a ranking)"
+    ax.set_title(title)
+    return fig
 
 
 def _plot_rungs(rungs: list[tuple[int, int]], path: Path) -> None:
@@ -309,18 +395,22 @@ def write_report(
     importances: dict[str, float] | None = None,
     importances_basis: str = "the completed trials",
     finalists: pd.DataFrame | None = None,
+    importances_trials: int | None = None,
 ) -> Path:
     """report.md with its plots beside it. `table` may hold the finalists' re-runs and the
-    seed baselines too (its `role`); the sections about the search show its own trials."""
+    seed baselines too (its `role`); the sections about the search show its own trials.
+    `importances_trials`: how many trials the importances were measured over."""
     exp_dir = Path(exp_dir)
     if "role" in table:
         table = table[table["role"] == "search"]
+    max_epochs = int(settings.get("max_epochs") or 1)
     if len(table):
-        _plot_params_vs_acc(table, exp_dir / "params_vs_acc.png")
-        _plot_curves(histories, table, exp_dir / "curves.png")
+        _save(params_vs_acc_figure(table, max_epochs), exp_dir / "params_vs_acc.png")
+        _save(curves_figure(histories, table), exp_dir / "curves.png")
     _plot_rungs(rungs, exp_dir / "rungs.png")
     if importances:
-        _plot_importances(importances, importances_basis, exp_dir / "importances.png")
+        figure = importances_figure(importances, importances_basis, importances_trials)
+        _save(figure, exp_dir / "importances.png")
 
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     lines = [
@@ -332,31 +422,47 @@ def write_report(
         "",
     ]
     if settings.get("reduced"):
-        lines += [f"**Reduced run** (no GPU): {settings['reduced']}", ""]
+        lines += [f"**Reduced run** (no GPU): {_sentence(settings['reduced'])}", ""]
+    k = score_epochs(max_epochs)
+    score_note = (
+        f"A trial's score is its validation accuracy averaged over its last {k} epoch(s), "
+        "where the learning rate has decayed; only trials that trained every epoch have one."
+    )
     if len(table):
         lines += ["## Accuracy against size", "", "![](params_vs_acc.png)", ""]
-        frontier = pareto_frontier(table)[
-            ["trial_id", "status", "params", "stages", "best_val_acc", "epochs_run"]
+        frontier = pareto_frontier(table)[["trial_id", "params", "stages", "score"]]
+        lines += [
+            f"{score_note} The Pareto frontier: the trials that no other trial beats with "
+            "both fewer parameters and a higher score. " + STAGES_NOTE,
+            "",
         ]
         if len(frontier):
-            lines += [
-                "The Pareto frontier: no other trial is both smaller and more accurate. "
-                + STAGES_NOTE,
-                "",
-                _markdown_table(frontier),
-                "",
-            ]
-        lines += ["## Learning curves", "", "![](curves.png)", ""]
+            lines += [_markdown_table(frontier), ""]
+        else:
+            lines += ["No trial trained every epoch, so there is no frontier yet.", ""]
+        lines += [
+            "## Learning curves",
+            "",
+            "![](curves.png)",
+            "",
+            "Lines: each main run's validation accuracy per epoch. Triangles: at an ASHA rung, "
+            "the accuracy of a short decay branch (a copy of the weights trained on with the "
+            "learning rate falling to 0), which is what ASHA compares there: what the run "
+            "would reach if its schedule ended at that epoch. The main run continues "
+            "unchanged.",
+            "",
+        ]
     if importances:
         lines += [
             "## Which parameters mattered",
             "",
             f"Optuna's PED-ANOVA importances over {importances_basis}: how much of the "
             "difference between the better and the other trials each parameter explains.",
-            "",
-            "![](importances.png)",
-            "",
         ]
+        hint = importances_hint(importances_trials)
+        if hint:
+            lines[-1] += f" **{hint}**"
+        lines += ["", "![](importances.png)", ""]
     elif importances is not None:
         lines += [
             "## Which parameters mattered",
@@ -371,47 +477,86 @@ def write_report(
     lines.append("")
     if len(table):
         top = table.head(10)[
-            [
-                "trial_id",
-                "status",
-                "params",
-                "stages",
-                "score",
-                "best_val_acc",
-                "epochs_run",
-                "train_seconds",
-            ]
+            ["trial_id", "status", "params", "stages", "score", "epochs_run", "train_seconds"]
         ]
-        lines += ["## Best trials", "", _markdown_table(top), ""]
+        lines += [
+            "## Best trials",
+            "",
+            "Ranked by score; the trials stopped early, which have none, follow. "
+            "`train_seconds`: the trial's time training and evaluating.",
+            "",
+            _markdown_table(top),
+            "",
+        ]
     if best:
         lines += ["## The winner", ""]
         lines += _winner_lines(table, finalists, settings)
-        lines += ["## The winner against the best seed network", ""]
+        lines += ["## The winner against the best seed network", "", SEED_NOTE, ""]
         lines += _comparison_lines(best, final, baseline, settings)
     if final:
-        lines += ["## Retrained on train + validation", ""]
-        lines += [
-            f"- test accuracy per seed: {', '.join(f'{a:.2%}' for a in final['test_acc'])}",
-            f"- mean {final['test_acc_mean']:.2%}, std {final['test_acc_std']:.2%}"
-            f" over {len(final['test_acc'])} seed(s), {final['epochs']} epochs each",
-        ]
-        if final.get("ensemble_test_acc") is not None:
-            lines.append(f"- the seeds' averaged predictions: {final['ensemble_test_acc']:.2%}")
-        lines.append("")
+        lines += ["## The winner retrained on train + validation", "", *_retrain_lines(final)]
     lines += ["## Files", "", *_file_lines(exp_dir, final), ""]
     return write_text(exp_dir / "report.md", "\n".join(lines))
 
 
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else f"{text}."
+
+
+TTA_NOTE = (
+    "flip test-time augmentation (TTA): each test image is predicted as it is and mirrored, "
+    "and the two predictions averaged"
+)
+
+
+def _accuracies(final: dict[str, Any], key: str) -> str:
+    per_seed = ", ".join(f"{a:.2%}" for a in final[key])
+    return f"mean {final[key + '_mean']:.2%} ± {final[key + '_std']:.2%} (per seed: {per_seed})"
+
+
+def _retrain_lines(final: dict[str, Any]) -> list[str]:
+    """What the retrain measured, each number saying whether it is with flip TTA."""
+    seeds, epochs = len(final["test_acc"]), final["epochs"]
+    images = final.get("test_images")
+    lines = [
+        f"The winning configuration trained again from scratch on the training and validation "
+        f"images together, with {seeds} seed(s) of {epochs} epochs each, then tested on the "
+        + (f"{images:,} " if images else "")
+        + "test images, which nothing in the search saw. Mean ± standard deviation over the "
+        f"seeds; {TTA_NOTE}.",
+        "",
+    ]
+    if "test_acc_tta" in final and "test_acc_plain" in final:
+        lines += [
+            f"- with flip TTA: {_accuracies(final, 'test_acc_tta')}",
+            f"- without TTA: {_accuracies(final, 'test_acc_plain')}",
+        ]
+    else:  # tested by an older version: only as its recipe tests
+        tta = (final.get("train_config") or {}).get("tta_flip")
+        how = {True: "with flip TTA", False: "without TTA"}.get(tta, "as the recipe tests")
+        lines.append(f"- {how}: {_accuracies(final, 'test_acc')}")
+    if final.get("ensemble_test_acc") is not None:
+        tta = (final.get("train_config") or {}).get("tta_flip")
+        how = {True: " (with flip TTA)", False: " (without TTA)"}.get(tta, "")
+        lines.append(
+            f"- the {seeds} seeds' predictions averaged{how}: {final['ensemble_test_acc']:.2%}"
+        )
+    return [*lines, ""]
+
+
 def _file_lines(exp_dir: Path, final: dict[str, Any] | None) -> list[str]:
-    """What the experiment folder holds, as far as it exists."""
+    """What the experiment folder holds, as far as it exists; the commands that open it,
+    written to be pasted into the shell that ran the search (the tools beside its Python)."""
     lines = []
+    db = exp_dir / "study.db"
     if (exp_dir / "trials.parquet").exists():
         lines.append("- `trials.parquet`: one row per trial (pandas.read_parquet)")
     if (exp_dir / "study.db").exists():
+        dashboard = shlex.join([beside_interpreter("optuna-dashboard"), f"sqlite:///{db}"])
         lines.append(
-            f"- `study.db`: the Optuna study (`optuna-dashboard sqlite:///{exp_dir}/study.db`, "
-            f"or `optuna.load_study(study_name={exp_dir.name!r}, "
-            f"storage='sqlite:///{exp_dir}/study.db')`)"
+            f"- `study.db`: the Optuna study (`{dashboard}`, "
+            f"or `optuna.load_study(study_name={exp_dir.name!r}, storage='sqlite:///{db}')`)"
         )
     if (exp_dir / "best_config.json").exists():
         lines.append("- `best_config.json`: the chosen configuration")
@@ -427,7 +572,8 @@ def _file_lines(exp_dir: Path, final: dict[str, Any] | None) -> list[str]:
     ):
         if (exp_dir / folder).exists():
             lines.append(f"- `{folder}/`: {what}")
-    lines.append(f"- TensorBoard: `tensorboard --logdir {exp_dir}`")
+    tensorboard = shlex.join([beside_interpreter("tensorboard"), "--logdir", str(exp_dir)])
+    lines.append(f"- TensorBoard: `{tensorboard}`")
     return lines
 
 
@@ -538,8 +684,10 @@ def _comparison_lines(
             *rows,
             "",
             "No seed baseline: run this search with `--baseline seeds` (or a matching "
-            "`--space seeds` experiment in the same storage folder) to compare. The seed "
-            "reports claimed (on the lossless original, selected on the test set): "
+            "`--space seeds` experiment in the same storage folder) to compare. For "
+            "context only, the test accuracy each seed report claimed (after hundreds of "
+            "epochs on the original images, its best epoch picked on the test set, so "
+            "optimistic): "
             + ", ".join(f"`{k}` {v:.2%}" for k, v in SEED_REPORTED_ACC.items())
             + ".",
             "",

@@ -73,7 +73,13 @@ def retrain_seed(
     if (folder / "checkpoint.pt").exists():
         resume = load_checkpoint(folder / "checkpoint.pt")
         logger.info("retrain seed %d: resuming after epoch %d", seed, resume["epoch"])
-    logger.info("retrain seed %d, %d epochs", seed, seed_cfg.epochs)
+    logger.info(
+        "retrain seed %d: %d epochs on %s images, then a test on %s images",
+        seed,
+        seed_cfg.epochs,
+        f"{len(train):,}",
+        f"{len(test):,}",
+    )
     folder.mkdir(parents=True, exist_ok=True)
     splits = DataSplits(train=train, val=None, test=test)
     result = run_training(
@@ -140,7 +146,7 @@ def summarize(
         models = [m.to(memory_format=torch.channels_last) for m in models]
     # Each seed's test logits once with and once without flip TTA; the seeds' ensemble
     # averages those of the recipe's own setting.
-    test_logits = {tta: _logits(models, test.images, cfg, device_obj, tta) for tta in (True, False)}
+    test_logits = _test_logits(models, seeds, test, cfg, device_obj)
     for key, tta in (("test_acc_tta", True), ("test_acc_plain", False)):
         per_model = [_accuracy(logits, test.labels) for logits in test_logits[tta]]
         metrics[key] = per_model
@@ -150,6 +156,7 @@ def summarize(
         ensemble = torch.stack(test_logits[cfg.tta_flip]).mean(0)
         metrics["ensemble_test_acc"] = _accuracy(ensemble, test.labels)
     if predict is not None:
+        logger.info("predicting %s images with the %d seed(s)", f"{len(predict):,}", len(models))
         logits = _logits(models, predict.images, cfg, device_obj, cfg.tta_flip)
         labels = torch.stack(logits).mean(0).argmax(1).cpu()
         write_predictions(out / "predictions.csv", predict.ids, labels, metrics)
@@ -190,6 +197,35 @@ def retrain(
         predict=predict,
         extra=extra,
     )
+
+
+def _test_logits(
+    models: list, seeds: list[int], test: ImageSet, cfg: TrainConfig, device: torch.device
+) -> dict[bool, list[torch.Tensor]]:
+    """{flip TTA: each seed's test logits}, one seed and one setting at a time, each pass
+    logged: on a CPU the passes take minutes in all."""
+    passes = [(tta, i) for tta in (True, False) for i in range(len(models))]
+    logger.info(
+        "testing the %d retrained seed(s) on %s test images with and without flip TTA (%d passes)",
+        len(models),
+        f"{len(test):,}",
+        len(passes),
+    )
+    started = time.perf_counter()
+    logits: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    for done, (tta, i) in enumerate(passes, 1):
+        [seed_logits] = _logits([models[i]], test.images, cfg, device, tta)
+        logits[tta].append(seed_logits)
+        logger.info(
+            "tested seed %d %s flip TTA (%d/%d): %.2f%%, %.0f s so far",
+            seeds[i],
+            "with" if tta else "without",
+            done,
+            len(passes),
+            100 * _accuracy(seed_logits, test.labels),
+            time.perf_counter() - started,
+        )
+    return logits
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -181,6 +181,7 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
     from tune.searcher import StudySearcher
     from tune.study import startup_trials
     from tune.time_budget import TimeBudget
+    from tune.trial_table import TrialTable
 
     space = get_space(settings.space)
     if space.fixed_trials:
@@ -262,6 +263,7 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
             if settings.time_budget_s
             else None,
             verbose=verbose,
+            progress_reporter=TrialTable(),
         ),
     )
 
@@ -295,6 +297,9 @@ def run_search(
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from tune.trial_table import use_trial_table
+
+    use_trial_table()
     trainable = _trainable(settings, splits, log_level)
     path = settings.storage.uri
     if ray_tune.Tuner.can_restore(path):
@@ -330,7 +335,9 @@ def run_fixed_trials(
     from ray.tune.schedulers import FIFOScheduler
 
     from tune.fixed_trials import FixedTrials
+    from tune.trial_table import TrialTable, use_trial_table
 
+    use_trial_table()
     trainable = _trainable(settings, splits, log_level)
     path = f"{settings.storage.uri}/{part}"
     if ray_tune.Tuner.can_restore(path):
@@ -357,6 +364,7 @@ def run_fixed_trials(
             sync_config=ray_tune.SyncConfig(sync_artifacts=True),
             callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
             verbose=1 if log_level <= logging.INFO else 0,
+            progress_reporter=TrialTable(),
         ),
     )
     return tuner.fit()

@@ -4,8 +4,10 @@ Read `main` and `search` as the table of contents of a search; each step lives i
 it names: the arguments (tune.cli), the experiment's settings and storage (tune.settings),
 Ray and the trials (tune.runner, tune.trainable), and what comes after them: the finalists,
 the winner, the retrains and the comparison with the seed baseline (tune.finalize,
-tune.compare). The arguments are parsed before anything imports torch or Ray, so `--help` and a mistyped
-option answer at once. Ctrl-C or SIGTERM stops a search cleanly (tune.interrupt).
+tune.compare). The arguments are parsed and checked before anything imports torch or Ray, so
+`--help`, a mistyped option, an unknown space or a missing data path answer at once. Ctrl-C or
+SIGTERM stops a search cleanly (tune.interrupt). Every command line it prints names the Python
+that runs it, so it works pasted into the same shell.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ import sys
 import time
 
 from training.logs import configure_logging, level_from_flags, project_level
-from tune.cli import UsageError, build_parser, format_space_list, validate_args
+from tune.cli import (
+    UsageError,
+    beside_interpreter,
+    build_parser,
+    check_budget,
+    command_line,
+    format_space_list,
+    validate_args,
+)
 from tune.interrupt import SearchInterrupted, StopSignals
 
 logger = logging.getLogger("tune.search")
@@ -25,11 +35,12 @@ logger = logging.getLogger("tune.search")
 
 def resume_command(argv: list[str], name: str) -> str:
     """The command line that continues the experiment `name`: the same one, naming it (its
-    saved settings then win over the options; the others, like --skip-retrain, still count)."""
+    saved settings then win over the options; the others, like --skip-retrain, still count),
+    run by the Python that ran this one."""
     args = list(argv)
     if "--name" not in args and not any(a.startswith("--name=") for a in args):
         args += ["--name", name]
-    return shlex.join(["python", "-m", "tune.search", *args])
+    return command_line("tune.search", *args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +65,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> int:
+    # 1. Everything that can be wrong with the inputs fails here, before Ray starts; first
+    # what needs no torch, so that a typo does not wait seconds for its import.
+    try:
+        validate_args(args)
+    except UsageError as e:
+        logger.error(e)
+        return 2
+    # Then the budget, which needs torch (it counts networks), before the other imports.
     from models import BudgetTooSmallError
+
+    try:
+        check_budget(args)
+    except BudgetTooSmallError as e:
+        logger.error(e)
+        return 2
+
     from training.data import DEFAULT_VAL_SIZE, DataError, load_cifar10, load_images, make_splits
     from tune.finalize import (
         collect_records,
@@ -76,18 +102,28 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
     from tune.settings import open_storage, resolve_settings, save_settings
     from tune.storage import StorageError
 
-    # 1. Everything that can be wrong with the inputs fails here, before Ray starts.
     try:
-        validate_args(args)
         storage, saved = open_storage(args)
-        data = load_cifar10(saved.data if saved else args.data)
+        data_path = saved.data if saved else args.data
+        reading = time.perf_counter()
+        logger.info(
+            "reading CIFAR-10 from %s", data_path or "torchvision's download (no --data given)"
+        )
+        data = load_cifar10(data_path)
+        logger.info(
+            "read %s training and %s test images in %.0f s",
+            f"{len(data.train):,}",
+            f"{len(data.test):,}",
+            time.perf_counter() - reading,
+        )
         predict_path = saved.predict if saved else args.predict
         predict = load_images(predict_path) if predict_path else None
-    except (UsageError, BudgetTooSmallError, DataError, StorageError) as e:
+    except (UsageError, DataError, StorageError) as e:
         logger.error(e)
         return 2
 
     # 2. Ray, and the settings that follow from what it has (a GPU or not).
+    logger.info("starting Ray" if args.address is None else f"joining Ray at {args.address}")
     nodes = start_ray(args.address, quiet=args.quiet)
     stop.install()  # again: ray.init puts its own SIGTERM handler in place, which aborts
     try:
@@ -149,7 +185,10 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
         outcome.baseline = retrain_baseline(settings, outcome.baseline, splits)
     logger.info("all of it took %.1f min", (time.perf_counter() - started) / 60)
     report(settings, outcome, final)
-    logger.info(f"report: {storage.uri}/report.md\nTensorBoard: tensorboard --logdir {storage.uri}")
+    logger.info(
+        f"report: {storage.uri}/report.md\nTensorBoard: "
+        + shlex.join([beside_interpreter("tensorboard"), "--logdir", storage.uri])
+    )
     return 0
 
 
