@@ -207,7 +207,7 @@ def _logits(
             batch_size=cfg.eval_batch_size,
             tta_flip=tta,
             device=device,
-            bf16=cfg.bf16,
+            precision=cfg.precision,
             channels_last=cfg.channels_last,
         )
         for m in models
