@@ -279,7 +279,8 @@ def test_training_train_stops_on_a_gpu_its_torch_cannot_run(tmp_path, capsys, mo
     from training import precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(precision, "device_info", lambda d: gpu("Tesla P100-PCIE-16GB", (6, 0)))
+    for module in (precision, train_cli):
+        monkeypatch.setattr(module, "device_info", lambda d: gpu("Tesla P100-PCIE-16GB", (6, 0)))
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: TORCH_215_ARCHS)
     out = tmp_path / "run"
     code = train_cli.main(["--model", "tiny_resnet", "--device", "cuda", "--out", str(out),
@@ -288,11 +289,18 @@ def test_training_train_stops_on_a_gpu_its_torch_cannot_run(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert "error: GPU 0 (Tesla P100-PCIE-16GB, compute capability 6.0) cannot run" in err
     assert not out.exists()
+    # With a torch that has its kernels, the speedrun recipe's torch.compile is refused
+    # before any data is read, and the message says how to train without it.
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_60", *TORCH_215_ARCHS])
+    monkeypatch.setattr(torch, "ones", lambda *a, **k: torch.zeros(8))  # the probe op
+    code = train_cli.main(["--model", "tiny_resnet", "--recipe", "speedrun", "--device", "cuda",
+                           "--out", str(out), "--data", str(tmp_path / "never-read")])  # fmt: skip
+    assert code == 2 and "torch.compile needs" in capsys.readouterr().err
 
 
 def test_torch_compile_is_refused_below_compute_capability_7(monkeypatch):
     with pytest.raises(
-        ValueError, match=r"7\.0 or newer.*Tesla P100, compute capability 6\.0.*--compile"
+        ValueError, match=r"7\.0 or newer.*Tesla P100, compute capability 6\.0.*--no-compile"
     ):
         check_compile(gpu("Tesla P100", (6, 0)))
     check_compile(gpu("Tesla V100", (7, 0)))

@@ -188,7 +188,7 @@ def check_compile(info: DeviceInfo) -> None:
         raise ValueError(
             f"torch.compile needs a GPU of compute capability "
             f"{COMPILE_CAPABILITY[0]}.{COMPILE_CAPABILITY[1]} or newer (its Triton kernels), and "
-            f"{info.describe()} is older; train without --compile (compile=False)"
+            f"{info.describe()} is older; train without it (training.train --no-compile)"
         )
 
 

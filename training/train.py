@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (the recipe's default): bf16 from CUDA compute capability 8.0, fp16 with "
         "loss scaling on 7.x, fp32 below, on a CPU bf16 where measured faster; or as given",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the model (default: as the recipe says)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     add_verbosity_flags(p)
     return p
@@ -75,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides: dict[str, Any] = {"seed": args.seed if args.seed is not None else 0}
         if args.batch_size is not None:
             overrides["batch_size"] = args.batch_size
-        if args.compile:
-            overrides["compile"] = True
+        if args.compile is not None:
+            overrides["compile"] = args.compile
         if args.precision is not None:
             overrides["precision"] = args.precision
         if args.val_size is not None:

@@ -123,6 +123,7 @@ def summarize(
         "gpu_seconds": seconds * gpu_share if device_obj.type == "cuda" else 0.0,
         "wall_seconds": wall_seconds,  # from the first seed's start to the last one's end
         "device": str(device_obj),
+        "precision": per_seed[0].get("precision"),  # as the seeds trained ("auto" resolved)
         "train_images": train_images,
         "test_images": len(test),
         "arch": arch.to_dict(),
