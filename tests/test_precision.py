@@ -54,7 +54,7 @@ def gpu(name: str, capability: tuple[int, int]) -> DeviceInfo:
         (gpu("Tesla V100-SXM2-16GB", (7, 0)), "fp16", False),
         (gpu("Tesla P100-PCIE-16GB", (6, 0)), "fp32", False),
         (gpu("Tesla K80", (3, 7)), "fp32", False),
-        (DeviceInfo(type="cpu", name="cpu", cpu_fast_bf16=True), "fp32", False),
+        (DeviceInfo(type="cpu", name="cpu", cpu_fast_bf16=True), "bf16", False),
         (DeviceInfo(type="cpu", name="cpu", cpu_fast_bf16=False), "fp32", False),
     ],
 )
