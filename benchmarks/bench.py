@@ -95,7 +95,7 @@ TINY = BenchSize(
 # channels_last on CUDA; on a CPU both are ignored, so the rows only prove the code path).
 VARIANTS: dict[str, dict[str, Any]] = {
     "ours": {},
-    "ours, fp32": {"bf16": False},
+    "ours, fp32": {"precision": "fp32"},
     "ours, no channels_last": {"channels_last": False},
 }
 

@@ -156,7 +156,8 @@ def test_ema_follows_the_warm_up_formula_and_copies_integer_buffers():
 
 def test_compile_time_is_paid_before_the_first_epoch_and_changes_nothing():
     splits = DataSplits(train=separable_set(64), val=separable_set(20, seed=1))
-    cfg = quick_cfg(epochs=1, batch_size=32, **{"augment.cutout_size": 8})
+    # fp32: compiled and eager bf16 kernels round differently
+    cfg = quick_cfg(epochs=1, batch_size=32, precision="fp32", **{"augment.cutout_size": 8})
     eager = train(TINY, cfg, splits, device="cpu")
     compiled = train(TINY, cfg.replace(compile=True), splits, device="cpu")
     assert compiled.metrics["compile_seconds"] > 0 and eager.metrics["compile_seconds"] == 0

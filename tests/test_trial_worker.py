@@ -122,17 +122,17 @@ def test_the_retrain_fails_without_its_gpu_and_predicts_with_the_recipes_precisi
     seen = []
 
     def predict(model, images, **kwargs):
-        seen.append((kwargs["bf16"], kwargs["channels_last"], kwargs["tta_flip"]))
+        seen.append((kwargs["precision"], kwargs["channels_last"], kwargs["tta_flip"]))
         return torch.zeros(len(images), 10)
 
     monkeypatch.setattr(retrain, "predict_logits", predict)
     images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
     expected = []
-    for bf16, channels_last in ((True, True), (False, False), (True, False)):
-        cfg = get_recipe("default").replace(bf16=bf16, channels_last=channels_last)
+    for precision, channels_last in (("auto", True), ("fp32", False), ("fp16", False)):
+        cfg = get_recipe("default").replace(precision=precision, channels_last=channels_last)
         for tta in (True, False):  # tested both ways, always at the recipe's precision
             retrain._logits([torch.nn.Identity()], images, cfg, CPU, tta)
-            expected.append((bf16, channels_last, tta))
+            expected.append((precision, channels_last, tta))
     assert seen == expected
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from models.arch import known_fields
 from training.data import DEFAULT_VAL_SIZE
+from training.precision import PRECISIONS, Precision
 
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["cosine", "onecycle", "step", "cosine_restarts", "constant", "wsd"]
@@ -105,8 +106,12 @@ class TrainConfig:
     tta_flip: bool = True  # evaluate on the image and its mirror, average the logits
     eval_batch_size: int = 1024
     val_size: int = DEFAULT_VAL_SIZE  # training images held out for validation (stratified)
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # channels_last memory format on CUDA (ignored on CPU)
+    # "auto": chosen for the device by training.precision (bf16 from CUDA compute capability
+    # 8.0, fp16 with loss scaling on 7.x, fp32 below; on a CPU bf16 only where measured
+    # faster); or "bf16", "fp16" (with loss scaling), "fp32" as asked.
+    precision: Precision = "auto"
+    # channels_last memory format on CUDA, and on a CPU with bf16 (ignored otherwise)
+    channels_last: bool = True
     compile: bool = False  # torch.compile the model
     seed: int = 0
 
@@ -122,6 +127,8 @@ class TrainConfig:
             problems.append(f"optimizer={self.optimizer!r} is not one of {list(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r} is not one of {list(PRECISIONS)}")
         if self.weight_averaging not in WEIGHT_AVERAGINGS:
             problems.append(
                 f"weight_averaging={self.weight_averaging!r} is not one of {list(WEIGHT_AVERAGINGS)}"
@@ -144,6 +151,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        if "bf16" in data:
+            # A config or checkpoint from before `precision`: bf16 on CUDA was the device's
+            # choice (what "auto" now makes), False asked for fp32.
+            bf16 = data.pop("bf16")
+            data.setdefault("precision", "auto" if bf16 else "fp32")
         values = known_fields(cls, data)
         if isinstance(values.get("augment"), dict):
             aug = dict(values["augment"])

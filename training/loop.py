@@ -10,6 +10,9 @@ Why it looks like this:
 - All randomness comes from one seeded device generator (shuffles, augmentation, mixing)
   plus torch's global RNG (dropout); both are checkpointed, so a resumed run continues
   exactly where it stopped.
+- The precision is chosen once for the device (`training.precision`). Under fp16 the loss
+  scaler's state is checkpointed too, and the steps it skips (inf/NaN gradients) are counted
+  on the device, from its scale (it only falls on a skipped step), not read every step.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ from training.artifacts import code_version
 from training.augment import augment_batch, flip_tta_logits, mix_batch, normalize
 from training.config import TrainConfig
 from training.data import DataSplits, ImageSet
+from training.precision import (
+    PrecisionPlan,
+    apply_tf32,
+    check_compile,
+    device_info,
+    log_plan,
+    new_grad_scaler,
+    plan_precision,
+)
 
 CHECKPOINT_FORMAT = 1
 
@@ -53,7 +65,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainResult:
     model: nn.Module  # the weights to predict with (averaged weights when EMA/SWA is on)
     metrics: dict[str, Any]  # final metrics: val/test accuracy and loss, params, seconds...
-    history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -212,20 +224,25 @@ def predict_logits(
     batch_size: int = 1024,
     tta_flip: bool = False,
     device: torch.device | None = None,
-    bf16: bool = True,
+    precision: str | PrecisionPlan = "auto",
     channels_last: bool = True,
 ) -> torch.Tensor:
-    """Float32 logits (N, classes) for uint8 images (N, 3, 32, 32), in large batches."""
+    """Float32 logits (N, classes) for uint8 images (N, 3, 32, 32), in large batches, at
+    `precision` (a TrainConfig's, chosen for `device` as training chose it, or a run's plan)."""
     device = device or next(model.parameters()).device
-    cuda = device.type == "cuda"
+    plan = (
+        precision
+        if isinstance(precision, PrecisionPlan)
+        else plan_precision(precision, device_info(device), channels_last=channels_last)
+    )
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = normalize(images[start : start + batch_size].to(device, non_blocking=True))
-        if cuda and channels_last:
+        if plan.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and bf16):
+        with plan.autocast(device.type):
             logits = flip_tta_logits(model, x) if tta_flip else model(x)
         out.append(logits.float())
     model.train(was_training)
@@ -235,16 +252,21 @@ def predict_logits(
 
 
 def evaluate(
-    model: nn.Module, data: ImageSet, cfg: TrainConfig, device: torch.device
+    model: nn.Module,
+    data: ImageSet,
+    cfg: TrainConfig,
+    device: torch.device,
+    plan: PrecisionPlan | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a labeled set."""
+    """(mean cross-entropy, accuracy) on a labeled set, at the run's precision `plan` (by
+    default the config's, chosen for `device`)."""
     logits = predict_logits(
         model,
         data.images,
         batch_size=cfg.eval_batch_size,
         tta_flip=cfg.tta_flip,
         device=device,
-        bf16=cfg.bf16,
+        precision=plan or cfg.precision,
         channels_last=cfg.channels_last,
     )
     labels = data.labels.to(device)
@@ -256,13 +278,25 @@ def evaluate(
 class TrainState:
     """Everything a run needs to continue exactly where it stopped (see `checkpoint`)."""
 
-    def __init__(self, arch: ArchConfig, cfg: TrainConfig, device: torch.device, steps: int):
+    def __init__(
+        self,
+        arch: ArchConfig,
+        cfg: TrainConfig,
+        device: torch.device,
+        steps: int,
+        plan: PrecisionPlan | None = None,
+    ):
         self.arch, self.cfg, self.device = arch, cfg, device
+        self.plan = plan or plan_precision(
+            cfg.precision, device_info(device), channels_last=cfg.channels_last
+        )
         self.params = count_params(arch)
         self.model = ResNet(arch).to(device)
-        if device.type == "cuda" and cfg.channels_last:
+        if self.plan.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _make_optimizer(self.model, cfg, device)
+        # fp16's loss scaler (None otherwise); its scale continues across resumes.
+        self.scaler = new_grad_scaler(self.plan, device.type)
         self.scheduler = _make_scheduler(self.optimizer, cfg, steps)
         self.lookahead = (
             Lookahead(list(self.model.parameters()), cfg.lookahead_k, cfg.lookahead_alpha)
@@ -283,7 +317,7 @@ class TrainState:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(cfg.seed)
         self.epoch = 0  # epochs completed
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
         self.elapsed = 0.0  # training seconds over all epochs, across resumes
 
     @property
@@ -311,6 +345,8 @@ class TrainState:
             "params": self.params,
             "seed": self.cfg.seed,
             "code_version": code_version(),
+            "precision": self.plan.precision,  # as this device ran it ("auto" resolved)
+            "tf32": self.plan.tf32,
             "model": self.model.state_dict(),
             # The averaged weights, when they are what predictions should use; else None.
             "inference_model": (
@@ -321,6 +357,7 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler else None,
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": {
                 "generator": self.generator.get_state(),
                 "torch": torch.get_rng_state(),
@@ -344,6 +381,9 @@ class TrainState:
             self.swa_scheduler.load_state_dict(ckpt["swa_scheduler"])
         if self.lookahead and ckpt["lookahead"] is not None:
             self.lookahead.load_state_dict(ckpt["lookahead"])
+        # A run resumed at another precision (another GPU) starts a scaler of its own.
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.generator.set_state(ckpt["rng"]["generator"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if self.device.type == "cuda" and ckpt["rng"]["cuda"]:
@@ -353,7 +393,7 @@ class TrainState:
         self.elapsed = float(ckpt.get("elapsed", 0.0))
 
 
-EpochCallback = Callable[[dict[str, float], TrainState], None]
+EpochCallback = Callable[[dict[str, Any], TrainState], None]
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -394,10 +434,16 @@ def train(
     steps = steps_per_epoch(n, cfg.batch_size)
     num_classes = arch.num_classes
 
+    info = device_info(device)
+    plan = plan_precision(cfg.precision, info, channels_last=cfg.channels_last)
+    if cfg.compile:
+        check_compile(info)
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    state = TrainState(arch, cfg, device, steps)
+        apply_tf32(plan)
+    log_plan(plan, device)
+    state = TrainState(arch, cfg, device, steps, plan)
     if resume is not None:
         state.load(resume)
     model = state.model
@@ -406,7 +452,7 @@ def train(
     compile_seconds = 0.0
     if cfg.compile:
         step_model = torch.compile(model)
-        compile_seconds = _compile_before_training(step_model, model, train_set.images, cfg)
+        compile_seconds = _compile_before_training(step_model, model, train_set.images, cfg, plan)
     mix_epochs = math.floor(cfg.augment.mix_until * cfg.epochs)
     start_epoch = state.epoch
 
@@ -416,12 +462,14 @@ def train(
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
+        skipped = torch.zeros((), device=device, dtype=torch.int64)  # steps fp16 skipped
         seen = 0
         in_swa = state.cfg.weight_averaging == "swa" and epoch >= state.swa_start_epoch
         for index in _batches(n, cfg.batch_size, state.generator):
             loss, logits, labels = _train_step(
                 step_model, model, state.optimizer, train_set, index, cfg, state.generator,
-                num_classes=num_classes, active_mix=epoch < mix_epochs,
+                num_classes=num_classes, active_mix=epoch < mix_epochs, plan=plan,
+                scaler=state.scaler, skipped=skipped,
             )  # fmt: skip
             if state.lookahead:
                 state.lookahead.step()
@@ -450,7 +498,7 @@ def train(
         state.epoch = epoch + 1
         if cfg.weight_averaging == "swa" and state.averaging_started:
             _update_bn(state.averager, train_set, cfg, device)
-        metrics: dict[str, float] = {
+        metrics: dict[str, Any] = {
             "epoch": state.epoch,
             "train_loss": train_loss,
             "train_acc": correct.item() / seen,
@@ -459,12 +507,15 @@ def train(
             "epoch_seconds": seconds,
             "train_seconds": state.elapsed,
             "params": state.params,
+            "precision": plan.precision,
+            # Optimizer steps the fp16 loss scaler skipped (inf/NaN gradients); 0 otherwise.
+            "skipped_steps": int(skipped.item()),
         }
         if compile_seconds and epoch == start_epoch:
             metrics["compile_seconds"] = compile_seconds
         if val_set is not None:
             metrics["val_loss"], metrics["val_acc"] = evaluate(
-                state.inference_model(), val_set, cfg, device
+                state.inference_model(), val_set, cfg, device, plan
             )
             # The main run's, every epoch (a rung's val_acc becomes its decay branch's): a
             # results file that fixes its columns at the first epoch has them too.
@@ -487,6 +538,11 @@ def train(
         "seed": cfg.seed,
         "compile_seconds": compile_seconds,
         "device": str(device),
+        "device_name": info.describe(),
+        "precision": plan.precision,
+        "tf32": plan.tf32,
+        # Over every epoch of the run, resumed ones included.
+        "skipped_steps": sum(int(m.get("skipped_steps", 0)) for m in state.history),
         "code_version": code_version(),
     }
     if state.history:
@@ -496,7 +552,9 @@ def train(
             {k: last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in last}
         )
     if splits.test is not None and len(splits.test) and splits.test.labels is not None:
-        final["test_loss"], final["test_acc"] = evaluate(final_model, splits.test, cfg, device)
+        final["test_loss"], final["test_acc"] = evaluate(
+            final_model, splits.test, cfg, device, plan
+        )
     return TrainResult(model=final_model, metrics=final, history=state.history)
 
 
@@ -511,27 +569,46 @@ def _train_step(
     *,
     num_classes: int,
     active_mix: bool,
+    plan: PrecisionPlan,
+    scaler: torch.amp.GradScaler | None,
+    skipped: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step on the batch `index`: (loss, logits, labels), detached."""
+    """One optimizer step on the batch `index`: (loss, logits, labels), detached. With a
+    loss `scaler` (fp16), a step it skips (inf/NaN gradients) adds 1 to `skipped`."""
     device = train_set.images.device
-    cuda = device.type == "cuda"
     images = augment_batch(train_set.images[index], cfg.augment, generator)
     x = normalize(images)
-    if cuda and cfg.channels_last:
+    if plan.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     labels = train_set.labels[index]
     x, targets = mix_batch(x, labels, num_classes, cfg.augment, generator, active=active_mix)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
+    with plan.autocast(device.type):
         logits = step_model(x)
     loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+        _clip_gradients(model, cfg)
+        optimizer.step()
+        return loss.detach(), logits.detach(), labels
+    scaler.scale(loss).backward()
+    if cfg.grad_clip_value > 0 or cfg.grad_clip_norm > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        _clip_gradients(model, cfg)
+    # The scale halves on a skipped step and never falls otherwise: comparing it before and
+    # after, on the device, counts skips without a host sync (get_scale() would be one).
+    before = scaler._get_scale_async().clone()
+    scaler.step(optimizer)
+    scaler.update()
+    skipped += scaler._get_scale_async() < before
+    return loss.detach(), logits.detach(), labels
+
+
+def _clip_gradients(model: nn.Module, cfg: TrainConfig) -> None:
     if cfg.grad_clip_value > 0:
         nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
     if cfg.grad_clip_norm > 0:
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm, foreach=True)
-    optimizer.step()
-    return loss.detach(), logits.detach(), labels
 
 
 def _branch_due(cfg: TrainConfig, epoch: int, steps: int) -> bool:
@@ -570,6 +647,10 @@ def _decay_branch(
     peaks = [group["lr"] for group in state.optimizer.param_groups]
     averager = copy.deepcopy(state.averager) if state.ema_update is not None else None
     ema = EmaUpdate(averager, model, cfg.ema_decay) if averager is not None else None
+    scaler = new_grad_scaler(state.plan, device.type)
+    if scaler is not None:  # the branch continues the main run's loss scale, on its own
+        scaler.load_state_dict(state.scaler.state_dict())
+    skipped = torch.zeros((), device=device, dtype=torch.int64)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed * 1_000_003 + state.epoch)
     forked = [device] if device.type == "cuda" else []
@@ -583,23 +664,31 @@ def _decay_branch(
                 _train_step(
                     model, model, optimizer, train_set, index, cfg, generator,
                     num_classes=state.arch.num_classes, active_mix=active_mix,
+                    plan=state.plan, scaler=scaler, skipped=skipped,
                 )  # fmt: skip
                 if ema is not None:
                     ema()
                 done += 1
                 if done == total:
                     break
-    loss, acc = evaluate(averager.module if averager is not None else model, val_set, cfg, device)
+    loss, acc = evaluate(
+        averager.module if averager is not None else model, val_set, cfg, device, state.plan
+    )
     return {
         "val_loss": loss,
         "val_acc": acc,
         "decay_branch_epochs": total / steps,
+        "decay_branch_skipped_steps": int(skipped.item()),
         "decay_branch_seconds": time.perf_counter() - started,
     }
 
 
 def _compile_before_training(
-    step_model: nn.Module, model: nn.Module, images: torch.Tensor, cfg: TrainConfig
+    step_model: nn.Module,
+    model: nn.Module,
+    images: torch.Tensor,
+    cfg: TrainConfig,
+    plan: PrecisionPlan,
 ) -> float:
     """Seconds torch.compile took, paid here on one training batch so that no epoch time
     contains it. The batch's effects are undone: weights and BatchNorm statistics are
@@ -608,13 +697,11 @@ def _compile_before_training(
     device = images.device
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     x = normalize(images[: min(cfg.batch_size, len(images))])
-    if device.type == "cuda" and cfg.channels_last:
+    if plan.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     forked = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked):
-        with torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16
-        ):
+        with plan.autocast(device.type):
             logits = step_model(x)
         logits.float().sum().backward()
     model.load_state_dict(saved)

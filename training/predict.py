@@ -15,10 +15,21 @@ import logging
 import sys
 from pathlib import Path
 
-from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from training.checkpoint import (
+    CheckpointError,
+    configs_from_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from training.data import DataError, load_images
 from training.logs import add_verbosity_flags, configure_logging, level_from_flags
 from training.loop import resolve_device
+from training.precision import (
+    UnsupportedGpuError,
+    check_gpu_supported,
+    device_info,
+    plan_precision,
+)
 from training.predictions import predict_labels, write_predictions
 
 logger = logging.getLogger("training.predict")
@@ -44,20 +55,27 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level_from_flags(args))
     try:
         device = resolve_device(args.device)
+        check_gpu_supported(device)
         ckpt = load_checkpoint(args.checkpoint, map_location=device)
         model = model_from_checkpoint(ckpt, device, where=str(args.checkpoint))
+        _, train_cfg = configs_from_checkpoint(ckpt, str(args.checkpoint))
         images = load_images(args.input)
-    except (CheckpointError, DataError, ValueError) as e:
+    except (CheckpointError, DataError, ValueError, UnsupportedGpuError) as e:
         logger.error(e)
         return 2
+    # At the precision the run trained with, chosen for this device as training chose it.
+    plan = plan_precision(
+        train_cfg.precision, device_info(device), channels_last=train_cfg.channels_last
+    )
     # The test accuracy a run reports was measured with its recipe's flip TTA: predict the same.
     recipe_tta = bool(ckpt.get("train_config", {}).get("tta_flip", False))
     tta = recipe_tta if args.tta is None else args.tta
-    labels = predict_labels(model, images, tta_flip=tta, device=device)
+    labels = predict_labels(model, images, tta_flip=tta, device=device, precision=plan)
     meta = {
         "checkpoint": str(args.checkpoint),
         "input": str(args.input),
         "tta_flip": tta,
+        "precision": plan.precision,
         "images": len(images),
         **{k: ckpt[k] for k in ("arch", "train_config", "params", "seed", "code_version")},
     }

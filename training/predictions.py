@@ -10,12 +10,20 @@ import torch
 from training.artifacts import atomic_write, write_json
 from training.data import ImageSet
 from training.loop import predict_logits
+from training.precision import PrecisionPlan
 
 
 def predict_labels(
-    model: torch.nn.Module, images: ImageSet, *, tta_flip: bool, device: torch.device
+    model: torch.nn.Module,
+    images: ImageSet,
+    *,
+    tta_flip: bool,
+    device: torch.device,
+    precision: str | PrecisionPlan = "auto",
 ) -> torch.Tensor:
-    logits = predict_logits(model, images.images, tta_flip=tta_flip, device=device)
+    logits = predict_logits(
+        model, images.images, tta_flip=tta_flip, device=device, precision=precision
+    )
     return logits.argmax(1).cpu()
 
 

@@ -31,7 +31,7 @@ def check_writable_dir(path: Path) -> None:
         )
 
 
-def epoch_line(metrics: dict[str, float], total_epochs: int, elapsed: float) -> str:
+def epoch_line(metrics: dict[str, Any], total_epochs: int, elapsed: float) -> str:
     """One line per epoch with a progress bar: it reads the same in a terminal and in the
     log lines Ray forwards from a remote task."""
     epoch = int(metrics["epoch"])
@@ -42,15 +42,18 @@ def epoch_line(metrics: dict[str, float], total_epochs: int, elapsed: float) -> 
         if "val_acc" in metrics
         else ""
     )
+    # fp16's loss scaler skips a step whose gradients overflowed: a few early on are normal.
+    skipped = metrics.get("skipped_steps", 0)
+    skips = f"  {skipped} steps skipped (inf/NaN gradients)" if skipped else ""
     return (
         f"[{'#' * done}{'.' * (20 - done)}] epoch {epoch:>3}/{total_epochs}  "
         f"train {metrics['train_acc']:.2%} ({metrics['train_loss']:.3f}){val}  "
         f"lr {metrics['lr']:.4g}  {metrics['images_per_sec']:,.0f} img/s  "
-        f"{elapsed:.0f}s, ~{left:.0f}s left"
+        f"{elapsed:.0f}s, ~{left:.0f}s left{skips}"
     )
 
 
-def log_epoch(metrics: dict[str, float], total_epochs: int, started: float) -> None:
+def log_epoch(metrics: dict[str, Any], total_epochs: int, started: float) -> None:
     if "compile_seconds" in metrics:
         logger.info(
             "torch.compile: %.1fs, before the first epoch's clock", metrics["compile_seconds"]
@@ -73,7 +76,7 @@ def run_training(
     `checkpoint_extra` is plain data stored in every checkpoint (e.g. what defines the split)."""
     started = time.perf_counter()
 
-    def report(metrics: dict[str, float], state: TrainState) -> None:
+    def report(metrics: dict[str, Any], state: TrainState) -> None:
         save_checkpoint(out / "checkpoint.pt", {**state.checkpoint(), **(checkpoint_extra or {})})
         log_epoch(metrics, cfg.epochs, started)
         test = splits.test

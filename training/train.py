@@ -14,14 +14,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from models import count_params, get_arch
 from training.checkpoint import CheckpointError, configs_from_checkpoint, load_checkpoint
 from training.config import fit_batch_to_data
 from training.data import DataError, fingerprint, load_cifar10, make_splits
 from training.logs import add_verbosity_flags, configure_logging, level_from_flags
 from training.loop import resolve_device
+from training.precision import (
+    PRECISIONS,
+    UnsupportedGpuError,
+    check_compile,
+    check_gpu_supported,
+    device_info,
+)
 from training.recipes import RECIPES, get_recipe, list_recipes
 from training.run import check_writable_dir, run_training
 
@@ -48,7 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=int, help="train on N images (validate on N/4, test on N)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, help="seeds the split, init and augmentation (0)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto (the recipe's default): bf16 from CUDA compute capability 8.0, fp16 with "
+        "loss scaling on 7.x, fp32 below, on a CPU bf16 where measured faster; or as given",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the model (default: as the recipe says)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     add_verbosity_flags(p)
     return p
@@ -64,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides: dict[str, Any] = {"seed": args.seed if args.seed is not None else 0}
         if args.batch_size is not None:
             overrides["batch_size"] = args.batch_size
-        if args.compile:
-            overrides["compile"] = True
+        if args.compile is not None:
+            overrides["compile"] = args.compile
+        if args.precision is not None:
+            overrides["precision"] = args.precision
         if args.val_size is not None:
             overrides["val_size"] = args.val_size
         cfg = get_recipe(args.recipe, **overrides)
@@ -75,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.subset is not None and args.subset < 10:
             raise ValueError(f"--subset {args.subset} is too small; use at least 10 images")
         device = resolve_device(args.device)
-    except (KeyError, ValueError) as e:
+        # Before any data is read: a GPU this torch has no kernels for, or one too old for
+        # torch.compile, stops here with what to do, not in a traceback from the first step.
+        check_gpu_supported(device)
+        if cfg.compile:
+            check_compile(device_info(device))
+    except (KeyError, ValueError, UnsupportedGpuError) as e:
         logger.error(e.args[0] if isinstance(e, KeyError) else e)
         return 2
 
@@ -88,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             resume = load_checkpoint(path)
             arch, cfg = configs_from_checkpoint(resume, str(path))
+            if args.precision is not None:  # e.g. resumed on another GPU
+                cfg = cfg.replace(precision=args.precision)
+            if cfg.compile:
+                check_compile(device_info(device))
             split = resumed_split(resume, args, str(path))
-        except CheckpointError as e:
+        except ValueError as e:  # CheckpointError, or compile refused
             logger.error(e)
             return 2
         logger.info("resuming from %s after epoch %d", path, resume["epoch"])
@@ -160,5 +186,4 @@ def resumed_split(ckpt: dict[str, Any], args: argparse.Namespace, where: str) ->
 
 
 if __name__ == "__main__":
-    torch.set_float32_matmul_precision("high")
     sys.exit(main())

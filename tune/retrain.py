@@ -129,6 +129,7 @@ def summarize(
         "gpu_seconds": seconds * gpu_share if device_obj.type == "cuda" else 0.0,
         "wall_seconds": wall_seconds,  # from the first seed's start to the last one's end
         "device": str(device_obj),
+        "precision": per_seed[0].get("precision"),  # as the seeds trained ("auto" resolved)
         "train_images": train_images,
         "test_images": len(test),
         "arch": arch.to_dict(),
@@ -243,7 +244,7 @@ def _logits(
             batch_size=cfg.eval_batch_size,
             tta_flip=tta,
             device=device,
-            bf16=cfg.bf16,
+            precision=cfg.precision,
             channels_last=cfg.channels_last,
         )
         for m in models

@@ -57,6 +57,9 @@ class TrialSettings:
     # A trial checkpoints at most this often (seconds) and after its last epoch; 0: every
     # epoch. A killed trial loses at most this much training.
     checkpoint_every_s: float = 60.0
+    # Every trial's TrainConfig.precision: "auto" chooses by the trial's device
+    # (training.precision); each epoch's metrics say what it chose.
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ class EpochReporter:
             or self.clock() - self.last_checkpoint >= self.every
         )
 
-    def __call__(self, metrics: dict[str, float], state: TrainState) -> None:
+    def __call__(self, metrics: dict[str, Any], state: TrainState) -> None:
         started = time.perf_counter()
         try:
             step = int(metrics["epoch"])
@@ -225,7 +228,9 @@ def run_trial(
     reset_worker(config["seed"], device)
     splits = worker_data(data, device)
     arch, cfg = trial_configs(config, settings.max_epochs, rungs=True)
-    cfg = cap_batch_size(cfg, settings.max_batch_size).replace(seed=config["seed"])
+    cfg = cap_batch_size(cfg, settings.max_batch_size).replace(
+        seed=config["seed"], precision=settings.precision
+    )
     cfg, note = fit_batch_to_data(cfg, len(splits.train))
     if note:
         logger.info(note)
@@ -257,7 +262,7 @@ def run_trial(
     )
     end_info = start_hparams_session(writer, hp)
 
-    last: dict[str, float] = {}  # the latest epoch's metrics, for a failure report
+    last: dict[str, Any] = {}  # the latest epoch's metrics, for a failure report
     node_info = {
         "node_id": ray.get_runtime_context().get_node_id(),
         "device": str(device),
@@ -272,7 +277,7 @@ def run_trial(
         extra={**node_info, "width_scale": config.get("width_scale", 1.0)},
     )
 
-    def report(metrics: dict[str, float], state: TrainState) -> None:
+    def report(metrics: dict[str, Any], state: TrainState) -> None:
         reporter(metrics, state)
         faults.strike(planned, int(metrics["epoch"]), state.model, Path(tb_dir).parent)
         last.update(metrics)
