@@ -86,7 +86,8 @@ MARGIN = 0.25
 STEP_SLACK_S = 10.0
 FIXED_PARTS = ("command start", "Ray workers' start", "report")
 # A search command's start beyond the preflight's: it imports Ray Tune, Optuna and pandas
-# and probes its storage (measured on 2 CPU cores: 40 s against the preflight's 31 s).
+# and probes its storage (on the shared 2-core CPU: its Tuner started ~40 s after the
+# command, where the preflight took 31 s).
 SEARCH_START_EXTRA_S = 10.0
 
 
@@ -546,11 +547,12 @@ def plan_search(m: Measured, sizes: Sizes) -> Plan:
 
 
 def replan_search(plan: Plan, m: Measured, sizes: Sizes) -> tuple[int, int, list[str]]:
-    """At the search's start: its --time-budget and trials from the time really left (the
-    seeds' step may have ended before its limit); never less than planned."""
+    """At the search's start: its --time-budget and trials from the time really left, so
+    that its retrain and report keep their room: more than planned where the seeds step
+    ended before its limit, less where it overran it (a cut and its kill)."""
     c = _costs(m, sizes, plan.epochs, plan.subset, plan.least_trials, plan.finalists, m.left_s)
-    budget = max(plan.search_seconds, int(c.budget_s))
-    trials = max(plan.trials, _trials(c, sizes, plan.trials_at_once))
+    budget = max(1, int(c.budget_s))
+    trials = _trials(c, sizes, plan.trials_at_once)
     line = (
         f"at the search's start {m.left_s:.0f} s are left: --time-budget {budget} s (planned "
         f"{plan.search_seconds} s), {trials} trials (planned {plan.trials})"
@@ -803,11 +805,13 @@ class Campaign:
         k = round(1 / pick_gpus_per_trial(rows))
         cpus = int(self.results.get("preflight", {}).get("ray_cpus") or 1)
         preflight = next((s for s in self.results["steps"] if s["name"] == "preflight"), {})
+        worker = float(self.results["preflight"].get("worker_seconds", 0.0))
         return Measured(
             left_s=self.left(),
-            # The preflight starts Python, torch and Ray and loads the data, as a search does.
-            startup_s=float(preflight.get("seconds", sz.startup_s)) + SEARCH_START_EXTRA_S,
-            worker_start_s=float(self.results["preflight"].get("worker_seconds", 0.0)),
+            # The preflight starts Python, torch and Ray and loads the data, as a search does
+            # (and a Ray worker, which the plan counts on its own).
+            startup_s=float(preflight.get("seconds", sz.startup_s)) - worker + SEARCH_START_EXTRA_S,
+            worker_start_s=worker,
             epoch_s=epoch_s,
             seed_epoch_s=seed_epoch_s,
             sample_epoch_s=sz.trial_images / alone,
@@ -1003,12 +1007,17 @@ def format_results(r: dict[str, Any]) -> str:
         ]
     if r.get("stopped"):
         lines += ["", f"**Stopped**: {r['stopped']}"]
-    lines += ["", "| step | status | seconds | limit | command |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| step | status | seconds | estimated | limit | command |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in r["steps"]:
         why = f" ({s['reason']})" if s.get("reason") else ""
         lines.append(
             f"| {s['name']} | {s['status']}{why} | {s.get('seconds', 0):.0f} | "
-            f"{s.get('limit_s', 0):.0f} | `{' '.join(s['command'])}` |"
+            f"{s.get('estimate_s', 0):.0f} | {s.get('limit_s', 0):.0f} | "
+            f"`{' '.join(s['command'])}` |"
         )
     f = r["figures"]
     models = f.get("bench_models", {}).get("models", {})
