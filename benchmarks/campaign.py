@@ -524,7 +524,9 @@ def plan_search(m: Measured, sizes: Sizes) -> Plan:
         f"seed recipes' epochs {seed_text} s (taken as at least {sizes.seed_slowdown_floor:g}x "
         f"the preset's); median sample {m.sample_epoch_s:.2f} s alone; packing gains {gains}",
         f"E = {c.epochs}: {why}; {rung_text}; {data}",
-        f"search: {k} trial(s) at once (--gpus-per-trial {1 / k:g}), a trial's epoch "
+        f"search: {k} trial(s) at once ("
+        + (f"--gpus-per-trial {1 / k:g}" if sizes.need_gpu else f"--max-concurrent-trials {k}")
+        + f"), a trial's epoch "
         f"{c.trial_epoch_s:.2f} s, ~{c.per_trial_s:.1f} s a trial under ASHA -> {trials} trials "
         f"(at most {sizes.max_trials}); --time-budget {plan.search_seconds} s of which "
         f"{c.reserve_s:.0f} s kept for {c.finalists} finalist(s) (~{c.finalists_s:.0f} s); "
