@@ -455,8 +455,10 @@ def plan_search(m: Measured, sizes: Sizes) -> Plan:
     whose least search (min_trials to the rung, one of them to the end) fits; else the
     largest E that fits without a rung (the plan says so). Where no E fits on all the
     training images, both sides train on the largest `--subset` in `sizes.subsets` at which
-    one does: the comparison (both sides, E epochs, retrained alike) is never what is cut.
-    Where nothing fits even so, E is the least and the plan says what is short."""
+    one does, and below that the search is one trial (a known-good start) with no finalists:
+    the comparison (both sides, E epochs, retrained alike) is never what is cut. Where
+    nothing fits even so, the plan says DOES NOT FIT and by how much: the seeds step keeps
+    its limit and the search's is what is left."""
     k = max(1, m.trials_at_once)
     epochs = range(sizes.min_epochs, sizes.max_epochs + 1)
     # What gives way, in turn: E (inside _choose), the data, then the search's size.
