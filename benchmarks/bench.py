@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench                   # everything below, on the GPU
     python -m benchmarks.bench --mode models     # the presets: our loop, ablations, usual loop
+    python -m benchmarks.bench --mode models --seed-recipes   # and the seed networks' recipes
     python -m benchmarks.bench --mode space      # the default space's largest samples
     python -m benchmarks.bench --mode packing    # 1, 2 and 4 concurrent trials on one GPU
     python -m benchmarks.bench --mode profile    # the top kernels and the GPU's busy share
@@ -13,7 +14,9 @@ resident on the device, whole-batch augmentation, bf16, channels_last), the same
 bf16 and without channels_last (what each contributes), evaluation time of the test-set
 size, peak GPU memory; then the same model under "the usual loop" (torchvision PIL
 transforms, a DataLoader with worker processes, fp32, `.item()` every step, as the seed
-reports trained), and the ratio. The space mode samples a few hundred networks of the
+reports trained), and the ratio; with --seed-recipes, one epoch of each seed network with
+its own recipe (its batch, augmentation and optimizer, as a `seeds` search trains it; the
+campaign plans its baselines from these). The space mode samples a few hundred networks of the
 default search space under the budget, counts their multiply-adds on the meta device and
 times the largest. Packing starts 1, 2 and 4 trials as separate processes that begin their
 timed epoch together. Images are random pixels: speed does not depend on their content.
@@ -41,12 +44,14 @@ import torch
 import torch.nn.functional as F
 
 from models import DEFAULT_BUDGET, ArchConfig, count_macs, count_params, get_arch
+from models.budget import fit_to_budget
 from training.artifacts import code_version, write_json, write_text
 from training.augment import CIFAR10_MEAN, CIFAR10_STD
 from training.data import DataSplits, ImageSet
 from training.logs import add_verbosity_flags, configure_logging, level_from_flags
 from training.loop import TrainState, predict_logits, resolve_device, train
 from training.recipes import get_recipe
+from tune.cli import REDUCED
 
 logger = logging.getLogger("benchmarks.bench")
 
@@ -65,6 +70,7 @@ class BenchSize:
     profile_images: int  # images of the profiled epoch
     space_samples: int  # networks drawn from the search space
     space_top: int  # of those, the ones with the most multiply-adds that are timed
+    seed_images: int  # images per epoch of each seed recipe's timed epoch
     overhead_epochs: int = 4  # epochs of the report + checkpoint overhead measurement
 
 
@@ -78,6 +84,7 @@ FULL = BenchSize(
     profile_images=10_240,
     space_samples=300,
     space_top=8,
+    seed_images=10_240,
 )
 TINY = BenchSize(
     train_images=256,
@@ -89,6 +96,7 @@ TINY = BenchSize(
     profile_images=128,
     space_samples=6,
     space_top=2,
+    seed_images=256,
 )
 
 # What each ablation turns off, relative to our loop as it trains (bf16 autocast and
@@ -228,6 +236,44 @@ def bench_usual(arch: ArchConfig, size: BenchSize, device: torch.device) -> dict
     seconds = time.perf_counter() - started
     rate = seen / seconds
     return {"train_images_per_sec": rate, "epoch_seconds": size.train_images / rate}
+
+
+def bench_seed_recipes(
+    size: BenchSize, device: torch.device, budget: int, max_batch_size: int | None
+) -> dict[str, dict[str, Any]]:
+    """One timed epoch (after an untimed one) of each seed network with its own recipe, as a
+    `seeds` search trial trains it: fitted to `budget` (the width scale a reduced run gives
+    it), its recipe's batch (capped at `max_batch_size`, then at a tenth of the images, as a
+    trial caps it), augmentation, optimizer and precision. The seed recipes run at batch
+    128-256, one with AutoAugment: they cost several times the preset's epoch at batch 512,
+    which the campaign's plan needs to know."""
+    import optuna
+
+    from search_spaces import get_space
+    from training.config import cap_batch_size, fit_batch_to_data
+
+    space = get_space("seeds")
+    data = DataSplits(train=random_set(size.seed_images))
+    out: dict[str, dict[str, Any]] = {}
+    for point in space.fixed_trials:
+        constants = space.sample(optuna.trial.FixedTrial(point), budget)
+        arch, cfg = space.configs(point, constants["width_scale"], max_epochs=2)
+        cfg = cap_batch_size(cfg, max_batch_size).replace(val_size=0, tta_flip=False)
+        cfg, _ = fit_batch_to_data(cfg, size.seed_images)
+        epochs: list[dict[str, float]] = []
+        train(arch, cfg, data, report=lambda m, s, seen=epochs: seen.append(m), device=device)
+        out[point["preset"]] = {
+            "params": constants["params"],
+            "batch_size": cfg.batch_size,
+            "images": size.seed_images,
+            "epoch_seconds": epochs[-1]["epoch_seconds"],
+            "train_images_per_sec": epochs[-1]["images_per_sec"],
+        }
+        logger.info(
+            f"seed recipe {point['preset']}: {epochs[-1]['epoch_seconds']:.2f} s per epoch of "
+            f"{size.seed_images:,} images at batch {cfg.batch_size}"
+        )
+    return out
 
 
 # --- The search space's networks.
@@ -526,6 +572,19 @@ def format_tables(results: dict[str, Any]) -> str:
                         f"| {name} | {variant}: torch.compile, once | | "
                         f"{v['compile_seconds']:.1f} s | |"
                     )
+    if results.get("seed_recipes"):
+        lines += [
+            "",
+            "The seed networks with their own recipes (one epoch, after an untimed one):",
+            "",
+            "| seed network | params | batch | img/s | s per epoch of 50,000 |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in results["seed_recipes"].items():
+            lines.append(
+                f"| {name} | {r['params']:,} | {r['batch_size']} | "
+                f"{r['train_images_per_sec']:,.0f} | {50_000 / r['train_images_per_sec']:.2f} |"
+            )
     if results.get("space", {}).get("top"):
         s = results["space"]
         lines += [
@@ -618,11 +677,33 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         help="registered model presets (default: efficient_resnet; tiny_resnet with --tiny)",
     )
-    p.add_argument("--space", default="efficient_resnet", help="search space to sample")
-    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="parameter budget")
+    p.add_argument(
+        "--space", help="search space to sample (default: efficient_resnet; tiny with --tiny)"
+    )
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=DEFAULT_BUDGET,
+        help="parameter budget of the space's samples and the seed networks",
+    )
+    p.add_argument(
+        "--fit-presets",
+        action="store_true",
+        help="models: fit each preset to --budget, as a reduced run scales the seed networks",
+    )
+    p.add_argument(
+        "--seed-recipes",
+        action="store_true",
+        help="models: also one epoch of each seed network with its own recipe",
+    )
     p.add_argument("--tiny", action="store_true", help="tiny CPU run for CI; no timing claims")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--compile", action="store_true", help="add a torch.compile variant")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's; a search trial on a CPU has 1 per CPU it holds)",
+    )
     p.add_argument(
         "--checkpoint-every",
         type=float,
@@ -649,12 +730,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(level_from_flags(args))
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = TINY if args.tiny or device.type == "cpu" else FULL
     if args.space_samples:
         size = replace(size, space_samples=args.space_samples)
     tiny = size.train_images == TINY.train_images
     models = args.models or (["tiny_resnet"] if tiny else ["efficient_resnet"])
-    space_name = "tiny" if tiny and args.space == "efficient_resnet" else args.space
+    space_name = args.space or ("tiny" if tiny else "efficient_resnet")
     budget = args.budget
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
@@ -670,6 +753,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     mode = args.mode
     variants = dict(VARIANTS)
+
+    def preset(name: str) -> ArchConfig:
+        arch = get_arch(name)
+        return fit_to_budget(arch, budget)[0] if args.fit_presets else arch
+
     if args.compile:
         variants["ours, compiled"] = {"compile": True}
     errors: dict[str, str] = {}
@@ -689,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if mode in ("all", "models"):
         for name in models:
-            arch = get_arch(name)
+            arch = preset(name)
             row: dict[str, Any] = {
                 "params": count_params(arch),
                 "macs": count_macs(arch),
@@ -717,6 +805,13 @@ def main(argv: list[str] | None = None) -> int:
                 row["speedup"] = (
                     row["variants"]["ours"]["train_images_per_sec"] / usual["train_images_per_sec"]
                 )
+    if mode in ("all", "models") and args.seed_recipes:
+        # A search without a GPU caps every batch (tune.cli.REDUCED), and so its seed trials.
+        cap = None if device.type == "cuda" else REDUCED.max_batch_size
+        logger.info("the seed networks with their own recipes...")
+        seeds = measure("seed recipes", lambda: bench_seed_recipes(size, device, budget, cap))
+        if seeds is not None:
+            results["seed_recipes"] = seeds
     median = None
     if mode in ("all", "space", "packing"):
         logger.info(f"sampling {size.space_samples} networks of space {space_name}...")
@@ -744,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     if mode in ("all", "packing"):
         results["packing_images"] = size.packing_images
         results["packing"] = {}
-        targets = {} if args.packing_targets == "median" else {models[0]: get_arch(models[0])}
+        targets = {} if args.packing_targets == "median" else {models[0]: preset(models[0])}
         if median is not None:
             targets[f"median {space_name} sample"] = ArchConfig.from_dict(median["arch"])
         for label, arch in targets.items():
@@ -756,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
             if rows is not None:
                 results["packing"][label] = rows
     if mode in ("all", "overhead"):
-        arch = get_arch(models[0])
+        arch = preset(models[0])
         results["overhead"] = {"model": models[0], "rows": []}
         # Alternately, so both policies see the same machine load.
         for every in (0.0, args.checkpoint_every, 0.0, args.checkpoint_every):
@@ -769,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["overhead"]["rows"].append(row)
     if mode in ("all", "profile"):
         logger.info(f"profiling one epoch of {models[0]}...")
-        profile = measure("profile", lambda: profile_epoch(get_arch(models[0]), size, device))
+        profile = measure("profile", lambda: profile_epoch(preset(models[0]), size, device))
         if profile is not None:
             results["profile"] = {"model": models[0], **profile}
             logger.info(profile["top_kernels"])

@@ -196,3 +196,53 @@ def read_table(exp: Path, every_role: bool = False) -> pd.DataFrame:
 
 def trial_dirs(exp: Path) -> list[Path]:
     return sorted(p for p in exp.glob("trial_*") if p.is_dir())
+
+
+# --- running a command as a user's shell runs it ----------------------------------------
+
+
+def user_env(marker: str, home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a user's shell on a new machine: no RAY_* variable at all (not
+    RAY_AUTH_MODE, not the loopback switch RAY_LOOPBACK_ENV sets) and a HOME of its own
+    without ~/.ray; plus the marker that finds the run's processes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**env, "HOME": str(home), MARKER_VAR: marker, **(extra or {})}
+
+
+def run_as_user(
+    python_args: list[str],
+    out_dir: Path,
+    home: Path,
+    timeout: float,
+    extra: dict[str, str] | None = None,
+) -> Run:
+    """`python ARGS` (a module with -m, or -c CODE) in the repository, in `user_env`, to its
+    end; fail the test (with its output) if it overruns. Its processes are ended after."""
+    marker = uuid.uuid4().hex
+    out_dir.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open(out_dir / "stdout.txt", "w") as out, open(out_dir / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, *python_args],
+            cwd=ROOT,
+            env=user_env(marker, home, extra),
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill(proc, marker)
+        tail = (out_dir / "stdout.txt").read_text()[-3000:]
+        tail += (out_dir / "stderr.txt").read_text()[-3000:]
+        pytest.fail(f"{python_args[:3]} ran over {timeout} s; output tail:\n{tail}")
+    finally:
+        end_leftovers(marker)
+    return Run(
+        proc.returncode,
+        (out_dir / "stdout.txt").read_text(),
+        (out_dir / "stderr.txt").read_text(),
+        time.monotonic() - started,
+    )

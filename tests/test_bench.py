@@ -6,7 +6,7 @@ import time
 import pytest
 
 from benchmarks import bench
-from models import ArchConfig, count_macs, count_params, get_arch
+from models import SEED_MODELS, ArchConfig, count_macs, count_params, get_arch
 
 
 def test_tiny_benchmark_writes_json_and_appends_a_dated_table_only_when_asked(tmp_path):
@@ -137,3 +137,26 @@ def test_overhead_mode_measures_the_trials_report_and_checkpoints_per_epoch(tmp_
         assert r["share"] == pytest.approx(r["report_seconds_per_epoch"] / r["epoch_seconds"])
         assert r["report_seconds_per_epoch"] > 0
     assert "| 1000 s | 4 | 1 |" in docs.read_text()
+
+
+def test_seed_recipes_time_each_seed_network_as_a_reduced_trial_trains_it(tmp_path):
+    """--seed-recipes: one epoch of each seed network at its own recipe, fitted to --budget
+    and with the batch a trial without a GPU gets (at most 128, and a tenth of the images);
+    --fit-presets fits the preset to the same budget (what the campaign's rehearsal plans
+    from)."""
+    out, docs = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    argv = ["--tiny", "--mode", "models", "--models", "efficient_resnet", "--fit-presets"]
+    argv += ["--budget", "30000", "--seed-recipes", "--threads", "1"]
+    assert bench.main([*argv, "--out", str(out), "--docs", str(docs)]) == 0
+    results = json.loads(out.read_text())
+    assert results["models"]["efficient_resnet"]["params"] <= 30_000
+    seeds = results["seed_recipes"]
+    assert set(seeds) == set(SEED_MODELS.values())
+    for r in seeds.values():
+        assert r["params"] <= 30_000 and r["images"] == bench.TINY.seed_images
+        assert r["batch_size"] <= bench.TINY.seed_images // 10  # a tenth of the images
+        assert r["epoch_seconds"] > 0
+        assert r["train_images_per_sec"] == pytest.approx(
+            r["images"] / r["epoch_seconds"], rel=0.05
+        )
+    assert "| se_mish_resnet |" in docs.read_text()

@@ -18,18 +18,53 @@ logger = logging.getLogger(__name__)
 
 
 def bind_local_ray_to_loopback() -> None:
-    """Make a local Ray started next bind every server to 127.0.0.1. Ray's switch for it,
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, is read once, when ray is first imported (Ray
-    otherwise resolves even an explicit 127.0.0.1 to the machine's network address), so
-    nothing may import ray before this runs; a warning says so if something did."""
+    """Make a local Ray started next bind every server to 127.0.0.1. Ray's switch for it is
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray otherwise resolves even an explicit 127.0.0.1 to
+    the machine's network address); it is read once, when ray is first imported, into
+    `ray._private.ray_constants.ENABLE_RAY_CLUSTER`, which the driver consults (as a module
+    attribute, in `ray._private.services.get_node_ip_address`) only when it starts its node.
+    So the variable is set for Ray's own processes, and where ray was imported already (a
+    notebook, a tool that imports ray first) the driver's constant is set to match."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     constants = sys.modules.get("ray._private.ray_constants")
-    if constants is not None and getattr(constants, "ENABLE_RAY_CLUSTER", False):
+    if constants is None:
+        return
+    wanted = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in ("1", "true")
+    if not hasattr(constants, "ENABLE_RAY_CLUSTER"):
         logger.warning(
-            "ray was imported before the search could bind its local Ray to 127.0.0.1: its "
-            "servers listen on this machine's network address; keep the machine behind a "
-            "firewall, or import nothing that imports ray before tune.runner.start_ray"
+            "this Ray has no ray_constants.ENABLE_RAY_CLUSTER (written for Ray 2.60), and ray "
+            "was imported before the search could bind its local Ray to 127.0.0.1: its servers "
+            "may listen on this machine's network address; keep the machine behind a firewall"
         )
+        return
+    constants.ENABLE_RAY_CLUSTER = wanted
+
+
+def use_ray_auth_mode(default: str | None) -> str | None:
+    """Set RAY_AUTH_MODE to `default` unless it is set, and make this process's Ray follow
+    what the variable says now. Ray's Python side reads the mode from its C++ config
+    (`ray._raylet.get_authentication_mode`), which is filled from the environment when
+    `ray._raylet` is imported and again only by `Config.initialize` (Ray 2.60 calls that
+    itself only when it turns token mode on for an unset variable). The GCS and raylet Ray
+    starts read the variable afresh. So a variable set after ray was imported left the
+    driver in one mode and its GCS in the other: with no token file the GCS aborted
+    (`Check failed: has_token`), with one the driver was refused (AuthenticationError).
+    Refreshing the config here keeps them in one mode, whatever was imported first. Ray
+    then writes ~/.ray/auth_token itself, in `ray.init`, when token mode has no token yet.
+    Returns the mode in force (None: unset, Ray's own default)."""
+    if default is not None:
+        os.environ.setdefault("RAY_AUTH_MODE", default)
+    raylet = sys.modules.get("ray._raylet")
+    if raylet is not None:
+        try:
+            raylet.Config.initialize("")
+        except AttributeError:  # not the Ray this was written for
+            logger.warning(
+                "cannot refresh Ray's authentication mode (no ray._raylet.Config.initialize, "
+                "written for Ray 2.60): import nothing that imports ray before "
+                "tune.runner.start_ray, or set RAY_AUTH_MODE before Python starts"
+            )
+    return os.environ.get("RAY_AUTH_MODE")
 
 
 def restored_scheduler(tuner: Any) -> Any | None:

@@ -11,7 +11,12 @@ from typing import Any
 from search_spaces import derive_seed, get_space
 from training.data import DataSplits
 from tune.cli import UsageError
-from tune.ray_compat import bind_local_ray_to_loopback, refill_asha_rungs, restored_scheduler
+from tune.ray_compat import (
+    bind_local_ray_to_loopback,
+    refill_asha_rungs,
+    restored_scheduler,
+    use_ray_auth_mode,
+)
 from tune.rungs import asha_brackets, asha_milestones
 from tune.settings import SearchSettings
 
@@ -29,7 +34,11 @@ RAY_ENV = {
 
 
 def start_ray(address: str | None, quiet: bool = False) -> list[dict[str, Any]]:
-    """Start an embedded local Ray (or join the cluster at `address`); its live nodes."""
+    """Start an embedded local Ray (or join the cluster at `address`); its live nodes.
+
+    Works whatever was imported first (ray too, as a notebook may do) and whatever
+    RAY_AUTH_MODE is: the environment is prepared, then this process's Ray made to follow it
+    (tune.ray_compat)."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if not address:
@@ -38,10 +47,13 @@ def start_ray(address: str | None, quiet: bool = False) -> list[dict[str, Any]]:
         bind_local_ray_to_loopback()
         # And it asks for Ray's token (~/.ray/auth_token, made on the first run), so another
         # user of this machine cannot run code through it either. Said here, it is what Ray
-        # does anyway, without the warning Ray prints when it decides so itself. A cluster
-        # (--address) keeps its own mode, which RAY_AUTH_MODE must match.
-        if os.environ.setdefault("RAY_AUTH_MODE", "token") == "token":
+        # does anyway, without the warning Ray prints when it decides so itself.
+        mode = use_ray_auth_mode("token")
+        if mode == "token":
             logger.info("Ray token authentication on (README: Security)")
+    else:
+        # A cluster (--address) keeps its own mode, which RAY_AUTH_MODE must match.
+        use_ray_auth_mode(None)
     import ray
 
     # No dashboard either way: it would be one more open port with no authentication.
