@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import write_python_batches
 from tests.searchrun import (
+    ROOT,
     SEARCH_TIMEOUT,
     check_ok,
     cli,
@@ -108,8 +109,11 @@ def test_ctrl_c_stops_the_search_and_its_retrain_and_the_resumed_study_agrees_wi
     assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
     assert seconds < STOP_WITHIN_S, seconds
     resume = _resume_line(stderr)
-    # Run by the Python that ran the search (which need not be on PATH).
-    assert resume[:3] == [sys.executable, "-m", "tune.search"] and resume[3:] == args
+    # Run by the Python that ran the search (which need not be on PATH), named as the shell
+    # that started it (in the search's folder) finds it: relative where the venv lies inside.
+    named, ran = ROOT / resume[0], Path(sys.executable)  # the venv's python is a symlink
+    assert (named.parent.resolve(), named.name) == (ran.parent.resolve(), ran.name), resume[0]
+    assert resume[1:3] == ["-m", "tune.search"] and resume[3:] == args
     assert "Tuner.restore" not in stderr + (out / "stdout.txt").read_text()
     for artifact in ("trials.parquet", "best_config.json", "final", "report.md"):
         assert not (exp / artifact).exists(), artifact
