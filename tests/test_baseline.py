@@ -60,6 +60,7 @@ def test_starting_points_are_valid_samples_of_their_space(name: str) -> None:
         assert constants["params"] <= 5_000_000
 
 
+@pytest.mark.slow
 def test_seed_baselines_run_to_the_end_and_a_timed_search_is_compared_with_them(
     tmp_path: Path,
 ) -> None:
@@ -129,6 +130,7 @@ def test_seed_baselines_run_to_the_end_and_a_timed_search_is_compared_with_them(
     assert "not compared" not in report
 
 
+@pytest.mark.slow
 def test_one_command_runs_search_finalists_and_seed_baselines_and_compares_them(
     tmp_path: Path,
 ) -> None:
@@ -204,6 +206,7 @@ def test_one_command_runs_search_finalists_and_seed_baselines_and_compares_them(
     assert read_table(exp, every_role=True)["trial_id"].tolist() == table["trial_id"].tolist()
 
 
+@pytest.mark.slow
 def test_a_resumed_search_gets_only_what_is_left_of_its_time_budget(tmp_path: Path) -> None:
     data = write_python_batches(tmp_path / "data", n_train=400, n_test=100)
     storage, name, budget = tmp_path / "exp", "clock", 30

@@ -56,6 +56,7 @@ def test_sample_space_fits_the_budget_and_sorts_by_multiply_adds():
     assert bench.median_sample(samples)["macs"] in [s["macs"] for s in samples]
 
 
+@pytest.mark.slow
 def test_tiny_packing_runs_one_two_and_four_trials_per_model(tmp_path):
     out = tmp_path / "bench.json"
     assert bench.main(["--tiny", "--mode", "packing", "--out", str(out)]) == 0

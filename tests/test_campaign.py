@@ -242,6 +242,7 @@ def test_the_compile_check_names_the_compiler_when_torch_compile_fails(monkeypat
     assert "C compiler" in out["failed"] and "CXX=/nonexistent/c++" in out["failed"]
 
 
+@pytest.mark.slow
 def test_the_compile_check_compiles_a_small_network_on_this_machine():
     """Part 2's preflight, for real on a CPU (inductor's C++ path), in seconds."""
     out = preflight.check_compile("cpu")
@@ -256,6 +257,7 @@ def test_what_if_prints_the_plan_and_the_commands(capsys):
     assert "search: python -m tune.search --space efficient_resnet" in text
 
 
+@pytest.mark.slow
 def test_the_rehearsal_in_a_users_shell_returns_the_comparison(tmp_path):
     """The campaign's CPU rehearsal end to end, as a user's shell runs it (no RAY_*
     variable, a new HOME): preflight, benchmarks, the plan, the seed baselines with their

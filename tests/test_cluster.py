@@ -24,6 +24,9 @@ from tests.searchrun import (
     trial_dirs,
 )
 
+# Each test starts Ray and runs searches: minutes on a 2-core machine.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def cluster(monkeypatch):

@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import write_python_batches
 from tests.searchrun import check_ok, read_table, search
 
+# Each test starts Ray and runs searches: minutes on a 2-core machine.
+pytestmark = pytest.mark.slow
+
 DASHBOARD = Path(sys.executable).parent / "optuna-dashboard"
 
 

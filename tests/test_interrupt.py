@@ -78,6 +78,7 @@ def _epochs_reported(exp: Path) -> int:
     return sum(len(read_results(d)) for d in trial_dirs(exp))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_search_and_its_retrain_and_the_resumed_study_agrees_with_the_table(
     tmp_path: Path, data_dir: Path
 ) -> None:
@@ -161,6 +162,7 @@ def test_ctrl_c_stops_the_search_and_its_retrain_and_the_resumed_study_agrees_wi
     assert metrics["epochs"] == 40
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, data_dir: Path) -> None:
     args = cli(
         space="tiny",

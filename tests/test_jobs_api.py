@@ -30,6 +30,9 @@ from ray._common.utils import get_ray_address_file
 from tests.conftest import write_python_batches
 from tests.searchrun import MARKER_VAR, ROOT, end_leftovers, read_table
 
+# Each test starts Ray and runs searches: minutes on a 2-core machine.
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent  # the test environment's python, ray and pip
 JOB_TIMEOUT = 420  # seconds; the job itself takes about a minute on 2 CPU cores
 

@@ -170,6 +170,7 @@ def _with_version_flag(command: str) -> str:
     return shlex.join([executable, flag])
 
 
+@pytest.mark.slow
 def test_the_lines_a_search_prints_work_pasted_into_the_shell_that_ran_it(tmp_path: Path) -> None:
     """Ctrl-C, then the resume line pasted into a shell whose PATH lacks the venv (as after
     `.venv/bin/python -m tune.search ...`): it resumes and finishes; the TensorBoard line it

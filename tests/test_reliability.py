@@ -71,6 +71,7 @@ def _row(table: pd.DataFrame, trial_number: int) -> dict:
     return table[table["config/trial_number"] == trial_number].iloc[0].to_dict()
 
 
+@pytest.mark.slow
 def test_search_completes_with_every_requested_trial(faulty_search):
     _, table = faulty_search
     assert len(table) == 5 and table["trial_id"].is_unique
@@ -78,6 +79,7 @@ def test_search_completes_with_every_requested_trial(faulty_search):
     assert (healthy["status"] == "completed").all(), healthy[["status", "error"]]
 
 
+@pytest.mark.slow
 def test_killed_worker_restarts_from_its_checkpoint_without_gaps(faulty_search):
     _, table = faulty_search
     row = _row(table, 1)
@@ -91,6 +93,7 @@ def test_killed_worker_restarts_from_its_checkpoint_without_gaps(faulty_search):
     assert [s for s, _ in scalars["val/acc"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_that_trial_alone_with_its_reason(faulty_search):
     _, table = faulty_search
     row = _row(table, 2)
@@ -99,6 +102,7 @@ def test_nan_loss_fails_that_trial_alone_with_its_reason(faulty_search):
     assert row["epochs_run"] == 1  # stopped in the epoch the loss broke, not retried
 
 
+@pytest.mark.slow
 def test_out_of_memory_fails_that_trial_alone_with_its_reason(faulty_search):
     _, table = faulty_search
     row = _row(table, 3)
@@ -107,6 +111,7 @@ def test_out_of_memory_fails_that_trial_alone_with_its_reason(faulty_search):
     assert row["epochs_run"] == 1
 
 
+@pytest.mark.slow
 def test_the_study_records_failures_against_their_region_and_the_restarted_trial_as_complete(
     faulty_search,
 ):
@@ -277,6 +282,7 @@ def test_unreachable_cloud_storage_stops_the_search_before_ray(tmp_path, capsys,
     assert not (tmp_path / "cache").exists()  # no staging folder left behind either
 
 
+@pytest.mark.slow
 def test_more_gpus_per_trial_than_the_cluster_has(tmp_path):
     data = write_python_batches(tmp_path / "d", n_train=100, n_test=20)
     run = search(["--space", "tiny", "--data", str(data), "--gpus-per-trial", "1",
@@ -315,6 +321,7 @@ def _listening_sockets(pids: list[int]) -> list[tuple[str, str, int]]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 def test_a_search_listens_on_loopback_only(tmp_path):
     """Run a real search (its own embedded Ray, as a user starts it) and, while its trials
@@ -368,6 +375,7 @@ def test_embedded_ray_starts_without_a_dashboard(monkeypatch):
     assert seen["include_dashboard"] is False and seen["address"] == "127.0.0.1:6379"
 
 
+@pytest.mark.slow
 def test_a_search_without_address_starts_its_own_ray_beside_a_ray_start_cluster(tmp_path):
     """`ray start` leaves its cluster's address where ray.init() looks when given none (and
     leaves it behind when its processes are killed): the search must not join that cluster,

@@ -69,6 +69,7 @@ def unlabeled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]
 # --- 1. a full search and every artifact it writes -----------------------------------------
 
 
+@pytest.mark.slow
 def test_full_search_writes_every_artifact(
     tmp_path: Path, data_dir: Path, unlabeled: tuple[Path, list[int]]
 ) -> None:
@@ -215,6 +216,7 @@ def test_full_search_writes_every_artifact(
 # --- 2. the parameter budget ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_trial_fits_a_small_budget(tmp_path: Path, data_dir: Path) -> None:
     budget, num_samples = 3000, 5
     space = get_space("tiny")
@@ -277,6 +279,7 @@ def test_every_trial_fits_a_small_budget(tmp_path: Path, data_dir: Path) -> None
 # --- 3. resuming a killed search ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_without_rerunning_finished_trials(
     tmp_path: Path, data_dir: Path
 ) -> None:

@@ -136,6 +136,7 @@ def test_dependent_parameters_follow_the_number_of_stages():
 MAX_ACTIVE = 18
 
 
+@pytest.mark.slow
 def test_a_sample_has_at_most_18_active_parameters_and_mixing_can_be_all_off():
     space, _, samples = _samples("efficient_resnet", 1_000_000, 300, seed=5)
     active = [len(raw) for raw, _ in samples]

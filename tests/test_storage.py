@@ -52,6 +52,7 @@ def test_bad_uri_is_refused():
         ExperimentStorage("nosuchscheme://x/y", "exp")
 
 
+@pytest.mark.slow
 def test_search_with_a_uri_storage_path_lands_everything_there_and_resumes(tmp_path):
     """A `file://` URI takes the same path as s3:// or gs:// (pyarrow, staging, copy)."""
     from tests.conftest import write_python_batches

@@ -154,6 +154,7 @@ def test_ema_follows_the_warm_up_formula_and_copies_integer_buffers():
     assert int(averager.n_averaged) == 6
 
 
+@pytest.mark.slow
 def test_compile_time_is_paid_before_the_first_epoch_and_changes_nothing():
     splits = DataSplits(train=separable_set(64), val=separable_set(20, seed=1))
     # fp32: compiled and eager bf16 kernels round differently
@@ -462,6 +463,7 @@ def test_a_batch_over_a_tenth_of_the_images_is_capped_and_said(tmp_path, cifar_b
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg.tar.xz"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="the JPEG CIFAR-10 beside the repository")
 def test_a_short_run_of_the_default_recipe_learns_on_real_images(tmp_path, capsys):
     """The smallest registered model, the default recipe, 2,000 real CIFAR-10 images and 3

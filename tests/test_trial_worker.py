@@ -136,6 +136,7 @@ def test_the_retrain_fails_without_its_gpu_and_predicts_with_the_recipes_precisi
     assert seen == expected
 
 
+@pytest.mark.slow
 def test_a_trial_in_a_reused_worker_trains_as_it_would_in_a_fresh_process(tmp_path):
     """Trials reuse their worker process (Ray's reuse_actors): a trial that follows another
     in the same process (its data already on the device, every generator moved on, the

@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import write_python_batches
 from tests.searchrun import check_ok, cli, run_as_user
 
+# Each test starts Ray and runs searches: minutes on a 2-core machine.
+pytestmark = pytest.mark.slow
+
 # Ray imported before the project starts it, as a notebook may: then Ray's Python side has
 # already read RAY_AUTH_MODE and the loopback switch from the environment.
 IMPORT_RAY_FIRST = """
