@@ -135,5 +135,5 @@ def test_a_search_trains_and_records_the_precision_asked(
     # The duration: printed from the first epochs, and in the report beside what it took.
     assert "estimated duration of the whole command" in run.stdout + run.stderr
     duration = json.loads((exp / "estimate.json").read_text())
-    assert 0 < duration["estimated_s"] and 0 < duration["actual_s"] <= run.seconds
+    assert duration["estimated_s"] > 0 and 0 < duration["actual_s"] <= run.seconds
     assert "## Duration" in report and f"it took {duration['actual_s'] / 60:.1f} min" in report
