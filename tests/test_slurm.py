@@ -1,18 +1,23 @@
-"""scripts/slurm/search.sbatch, run the way Slurm runs it: the batch shell with a job's
-environment gets SIGTERM at the signal time (--signal=B:TERM@120 signals the batch shell
-alone), forwards it to the search, which saves and stops, and requeues the job; the requeued
-job (the same script, the same environment and job id) finishes the search with nothing
-trained twice. A real Slurm is not needed (`scontrol` is a stand-in that records its call);
-docs/results.md says how the script was run under a real single-node Slurm."""
+"""scripts/slurm/search.sbatch, run the way Slurm runs it, with a job's environment:
+1. at the signal time before the time limit Slurm sends the batch shell alone SIGUSR1
+   (--signal=B:USR1@120): the shell passes the search SIGTERM, the search saves and stops,
+   and the shell requeues the job;
+2. the requeued job (the same script, environment and job id) is pre-empted: Slurm sends
+   SIGTERM to every process of the job, the search's Ray processes too, and requeues it;
+3. requeued again, the job finishes the search with nothing trained twice.
+`scontrol` is a stand-in that records its calls; the README's Slurm section says how the
+script ran under a real single-node Slurm."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -20,9 +25,11 @@ import pytest
 
 from tests.conftest import write_python_batches
 from tests.searchrun import (
+    MARKER_VAR,
     ROOT,
     SEARCH_TIMEOUT,
     end_leftovers,
+    marked_pids,
     read_results,
     read_table,
     search_env,
@@ -75,6 +82,29 @@ def epochs_reported(exp: Path) -> int:
     return sum(len(read_results(d)) for d in trial_dirs(exp))
 
 
+def signal_job(
+    env: dict[str, str], out: Path, exp: Path, epochs: int, send: Callable[[subprocess.Popen], None]
+) -> str:
+    """Run the job until `epochs` epochs are reported in all, `send` its signal, and expect
+    the search saved and stopped (exit 143); the job's output."""
+    marker = env[MARKER_VAR]
+    job = run_job(env, out)
+    try:
+        deadline = time.monotonic() + SEARCH_TIMEOUT
+        while epochs_reported(exp) < epochs and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert job.poll() is None, out.with_suffix(".out").read_text()[-3000:]
+        send(job)
+        job.wait(timeout=90)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        end_leftovers(marker)
+    log = out.with_suffix(".out").read_text()
+    assert job.returncode == 128 + signal.SIGTERM, log[-3000:]
+    return log
+
+
 @pytest.mark.slow
 def test_a_job_signalled_and_requeued_finishes_the_search_with_nothing_repeated(
     tmp_path: Path,
@@ -84,36 +114,34 @@ def test_a_job_signalled_and_requeued_finishes_the_search_with_nothing_repeated(
     env = job_env(tmp_path, data, marker)
     exp = tmp_path / "exp" / f"search-{JOB_ID}"
 
-    # 1. The signal at the time limit, to the batch shell only, while trials train.
-    job = run_job(env, tmp_path / "first")
-    try:
-        deadline = time.monotonic() + SEARCH_TIMEOUT
-        while epochs_reported(exp) < 2 and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert job.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
-        job.send_signal(signal.SIGTERM)
-        job.wait(timeout=90)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-        end_leftovers(marker)
-    log = (tmp_path / "first.out").read_text()
-    assert job.returncode == 128 + signal.SIGTERM, log[-3000:]
+    # 1. The signal before the time limit, to the batch shell only, while trials train.
+    log = signal_job(env, tmp_path / "first", exp, 2, lambda job: job.send_signal(signal.SIGUSR1))
     assert "resume with: " in log and "requeueing job 4242" in log, log[-3000:]
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", JOB_ID]
     assert not (exp / "report.md").exists()
-    first = {d.name: [r["training_iteration"] for r in read_results(d)] for d in trial_dirs(exp)}
-    assert sum(map(len, first.values())) >= 2
 
-    # 2. The requeued job: the same script, environment and job id, to the end.
-    job = run_job(env, tmp_path / "second")
+    # 2. Requeued, then pre-empted: SIGTERM to every process of the job (Slurm requeues it).
+    def preempt(job: subprocess.Popen) -> None:
+        for pid in marked_pids(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    reported = epochs_reported(exp)
+    log = signal_job(env, tmp_path / "second", exp, reported + 2, preempt)
+    assert "resuming the search" in log and "resume with: " in log, log[-3000:]
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", JOB_ID]
+    first = {d.name: [r["training_iteration"] for r in read_results(d)] for d in trial_dirs(exp)}
+    assert sum(map(len, first.values())) >= reported + 2
+
+    # 3. Requeued again: the same script, environment and job id, to the end.
+    job = run_job(env, tmp_path / "third")
     try:
         job.wait(timeout=2 * SEARCH_TIMEOUT)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
         end_leftovers(marker)
-    log = (tmp_path / "second.out").read_text()
+    log = (tmp_path / "third.out").read_text()
     assert job.returncode == 0, log[-3000:]
     assert "resuming the search" in log and (exp / "report.md").exists()
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", JOB_ID]
