@@ -83,10 +83,14 @@ def epochs_reported(exp: Path) -> int:
 
 
 def signal_job(
-    env: dict[str, str], out: Path, exp: Path, epochs: int, send: Callable[[subprocess.Popen], None]
-) -> str:
-    """Run the job until `epochs` epochs are reported in all, `send` its signal, and expect
-    the search saved and stopped (exit 143); the job's output."""
+    env: dict[str, str],
+    out: Path,
+    exp: Path,
+    epochs: int,
+    send: Callable[[subprocess.Popen], None],
+) -> tuple[int, str]:
+    """Run the job until `epochs` epochs are reported in all, `send` its signal, and wait for
+    the job to end; (its exit status, its output)."""
     marker = env[MARKER_VAR]
     job = run_job(env, out)
     try:
@@ -100,9 +104,7 @@ def signal_job(
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
         end_leftovers(marker)
-    log = out.with_suffix(".out").read_text()
-    assert job.returncode == 128 + signal.SIGTERM, log[-3000:]
-    return log
+    return job.returncode, out.with_suffix(".out").read_text()
 
 
 @pytest.mark.slow
@@ -115,20 +117,27 @@ def test_a_job_signalled_and_requeued_finishes_the_search_with_nothing_repeated(
     exp = tmp_path / "exp" / f"search-{JOB_ID}"
 
     # 1. The signal before the time limit, to the batch shell only, while trials train.
-    log = signal_job(env, tmp_path / "first", exp, 2, lambda job: job.send_signal(signal.SIGUSR1))
+    status, log = signal_job(
+        env, tmp_path / "first", exp, 2, lambda job: job.send_signal(signal.SIGUSR1)
+    )
+    assert status == 128 + signal.SIGTERM, log[-3000:]
     assert "resume with: " in log and "requeueing job 4242" in log, log[-3000:]
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", JOB_ID]
     assert not (exp / "report.md").exists()
 
-    # 2. Requeued, then pre-empted: SIGTERM to every process of the job (Slurm requeues it).
+    # 2. Requeued, then pre-empted: SIGTERM to every process of the job at once (Slurm then
+    # requeues it). Ray's own processes end at once too, so the search may not get to print
+    # its resume line (under a real Slurm it did not): what counts is that the job ends and
+    # its requeue continues from what was saved.
     def preempt(job: subprocess.Popen) -> None:
         for pid in marked_pids(marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
     reported = epochs_reported(exp)
-    log = signal_job(env, tmp_path / "second", exp, reported + 2, preempt)
-    assert "resuming the search" in log and "resume with: " in log, log[-3000:]
+    status, log = signal_job(env, tmp_path / "second", exp, reported + 2, preempt)
+    assert status != 0 and "resuming the search" in log, (status, log[-3000:])
+    assert not (exp / "report.md").exists()
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", JOB_ID]
     first = {d.name: [r["training_iteration"] for r in read_results(d)] for d in trial_dirs(exp)}
     assert sum(map(len, first.values())) >= reported + 2
