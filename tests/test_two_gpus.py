@@ -13,7 +13,7 @@ import pytest
 
 from tests.searchrun import ROOT, search_env
 from tune.cli import build_parser
-from tune.runner import trial_concurrency, trial_slots
+from tune.runner import trial_concurrency, trial_resources, trial_slots
 from tune.settings import resolve_settings
 from tune.storage import ExperimentStorage
 
@@ -51,7 +51,7 @@ import json, os, sys, time
 import ray
 from ray import tune as ray_tune
 
-share = float(sys.argv[1])
+resources = json.loads(sys.argv[1])
 ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, address="local")
 
 def trial(config):
@@ -59,7 +59,7 @@ def trial(config):
     ray_tune.report({"gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "done": 1})
 
 tuner = ray_tune.Tuner(
-    ray_tune.with_resources(trial, {"cpu": 1, "gpu": share}),
+    ray_tune.with_resources(trial, resources),
     param_space={"i": ray_tune.grid_search(list(range(4)))},
     tune_config=ray_tune.TuneConfig(max_concurrent_trials=4, reuse_actors=True),
     run_config=ray_tune.RunConfig(storage_path=sys.argv[2], verbose=0),
@@ -69,14 +69,13 @@ print(json.dumps(sorted(r.metrics["gpus"] for r in tuner.fit())))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("share", "expected"), [(1.0, {"0": 2, "1": 2}), (0.5, {"0": 2, "1": 2})])
-def test_ray_tune_spreads_trials_over_both_gpus(
-    tmp_path: Path, share: float, expected: dict[str, int]
-) -> None:
-    """Ray Tune as the search uses it (with_resources, reused actors) on a node that declares
-    two GPUs: every trial sees exactly one, and both are used."""
+@pytest.mark.parametrize("share", ["1", "0.5"])
+def test_ray_tune_spreads_trials_over_both_gpus(tmp_path: Path, share: str) -> None:
+    """Ray Tune as the search uses it (the trials' resources, reused actors) on a node that
+    declares two GPUs: every trial sees exactly one, and both are used."""
+    resources = trial_resources(kaggle_settings(tmp_path, "--gpus-per-trial", share))
     run = subprocess.run(
-        [sys.executable, "-c", TUNE_ON_TWO_GPUS, str(share), str(tmp_path / "ray")],
+        [sys.executable, "-c", TUNE_ON_TWO_GPUS, json.dumps(resources), str(tmp_path / "ray")],
         cwd=ROOT,
         env=search_env("two-gpus"),
         capture_output=True,
@@ -85,4 +84,4 @@ def test_ray_tune_spreads_trials_over_both_gpus(
     )
     assert run.returncode == 0, run.stderr[-3000:]
     seen = json.loads(run.stdout.strip().splitlines()[-1])
-    assert {g: seen.count(g) for g in seen} == expected
+    assert {g: seen.count(g) for g in seen} == {"0": 2, "1": 2}

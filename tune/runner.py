@@ -305,8 +305,14 @@ def _trainable(settings: SearchSettings, splits: DataSplits, log_level: int) -> 
     )
     return ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, data=trial_data, settings=trial_settings),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+        trial_resources(settings),
     )
+
+
+def trial_resources(settings: SearchSettings) -> dict[str, float]:
+    """What Ray reserves for each trial: a GPU share gets the trial its own GPU (Ray sets
+    CUDA_VISIBLE_DEVICES), so two GPUs in one machine each run trials."""
+    return {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
 
 
 def run_search(
