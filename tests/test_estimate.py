@@ -78,6 +78,21 @@ CASES = [
         ),
     ),
     (
+        # Each trial's start counts once per trial, the finalists' runs' too.
+        "a trial's start is paid by every trial",
+        Timings(epoch_s=10.0, trial_start_s=5.0),
+        Shape(
+            trials=4,
+            max_epochs=3,
+            rungs=(),
+            reduction_factor=3,
+            concurrency=2,
+            finalists=1,
+            finalist_seeds=2,
+        ),
+        (4 * (30 + 5) / 2, 35.0, 0.0, 70.0 + 35.0),
+    ),
+    (
         "one trial at a time, seeds one after the other, and a seed baseline",
         Timings(epoch_s=1.0),
         Shape(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -65,19 +66,31 @@ class DurationEstimate(ray_tune.Callback):
         self.before_s = before_s
         self.needed = max(2, min(shape.concurrency, shape.trials))
         self.epoch_s: list[float] = []
+        self.start_s: list[float] = []  # each first trial's start before its first epoch
+        self.started: dict[str, float] = {}
         self.done = False
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any):
+        self.started.setdefault(trial.trial_id, time.monotonic())
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any):
         seconds = result.get("time_this_iter_s")
         if self.done or not seconds or "epoch" not in result:
             return
         self.epoch_s.append(float(seconds))
+        began = self.started.pop(trial.trial_id, None)
+        if began is not None and result.get("training_iteration") == 1:
+            self.start_s.append(max(0.0, time.monotonic() - began - float(seconds)))
         if len(self.epoch_s) >= self.needed:
             self.done = True
             self.say()
 
     def say(self) -> None:
-        timings = Timings(epoch_s=statistics.median(self.epoch_s), before_s=self.before_s)
+        timings = Timings(
+            epoch_s=statistics.median(self.epoch_s),
+            before_s=self.before_s,
+            trial_start_s=statistics.median(self.start_s) if self.start_s else 0.0,
+        )
         est, text = summary(timings, self.shape)
         logger.info(text)
         path = self.settings.storage.local_dir / ESTIMATE_FILE

@@ -4,7 +4,7 @@ tested with stand-in timings (tests/test_estimate.py); tune.duration measures an
     est = estimate(Timings(epoch_s=12.0, before_s=40.0), shape_of(settings, concurrency, ...))
 
 The parts, each at the trials' concurrency:
-- the search: every trial trains the epochs ASHA lets it. Ray's ASHA (Ray 2.60) lets a trial
+- the search: every trial starts (`trial_start_s`, measured) and trains the epochs ASHA lets it. Ray's ASHA (Ray 2.60) lets a trial
   arriving k-th at a rung continue when its value is at or above the (1 - 1/rf) percentile
   (numpy's linear interpolation) of the k values there so far, its own included. For values
   in random order that is (k - ceil(q (k - 1))) / k with q = 1 - 1/rf: the first trial at a
@@ -36,6 +36,9 @@ class Timings:
 
     epoch_s: float
     before_s: float = 0.0
+    # A trial's seconds beyond its epochs: from its start (a worker, the data, the model) to
+    # its first epoch's start, as measured on the first trials.
+    trial_start_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -110,13 +113,14 @@ def estimate(timings: Timings, shape: Shape) -> Estimate:
     """The whole command's duration for `shape` at `timings` (see the module's docstring)."""
     epoch = timings.epoch_s
     at_once = max(1, shape.concurrency)
-    whole_run = shape.max_epochs * epoch
+    whole_run = shape.max_epochs * epoch + timings.trial_start_s
     finalist_runs = shape.finalists * shape.finalist_seeds
     finalists_s = _rounds(finalist_runs, at_once) * whole_run
     per_trial, survivors = _search_epochs(shape)
     trials = shape.trials
     # Trials run `at_once` at a time: the work shared out, and never less than one trial.
-    search_s = max(trials * per_trial * epoch / at_once, per_trial * epoch) if trials else 0.0
+    one_trial = per_trial * epoch + timings.trial_start_s
+    search_s = max(trials * one_trial / at_once, one_trial) if trials else 0.0
     capped = False
     if shape.time_budget_s is not None and search_s + finalists_s > shape.time_budget_s:
         # The budget ends the search early enough for its finalists (tune.time_budget).
@@ -227,7 +231,8 @@ def summary(timings: Timings, shape: Shape, limit_s: float = LONG_S) -> tuple[Es
     trials = "until the --time-budget" if est.capped else f"{shape.trials} trials"
     text = (
         f"estimated duration of the whole command: {duration_text(est.total_s)} ({shown}), "
-        f"at {timings.epoch_s:.1f} s per trial epoch (median measured), {shape.concurrency} "
+        f"at {timings.epoch_s:.1f} s per trial epoch and {timings.trial_start_s:.1f} s per "
+        f"trial's start (medians measured), {shape.concurrency} "
         f"trial(s) at once, {trials}; ASHA expected to keep {rungs}. Networks of other sizes "
         "train slower or faster, so take it as a guide"
     )
