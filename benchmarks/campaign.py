@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from training.artifacts import code_version, write_json, write_text
-from tune.cli import REDUCED
+from tune.cli import PRECISION_NAMES, REDUCED
 from tune.rungs import (
     DEFAULT_REDUCTION_FACTOR,
     asha_brackets,
@@ -572,12 +572,14 @@ def search_commands(
     python: str = sys.executable,
     search_seconds: int | None = None,
     trials: int | None = None,
+    precision: str = "auto",
 ) -> list[tuple[str, list[str]]]:
     """The seed baselines and the search at the same E, in one storage folder, with the same
     data, subset, seed and retrain seeds: the search's report compares its winner with the
     best seed network only when all of these match, both retrained alike."""
     common = ["--data", data, "--max-epochs", str(plan.epochs), "--storage-path", str(storage)]
     common += [*sizes.search_args, *(["--subset", str(plan.subset)] if plan.subset else []), "-q"]
+    common += ["--precision", precision]
     seed_gpus = ["--gpus-per-trial", f"{sizes.seed_gpu_share:g}"] if sizes.need_gpu else []
     if sizes.need_gpu:
         trial_gpus = ["--gpus-per-trial", f"{plan.gpus_per_trial:g}"]
@@ -607,6 +609,7 @@ class Campaign:
             "command": "python -m benchmarks.campaign " + " ".join(args.argv),
             "code_version": code_version(),
             "part": args.part,
+            "precision": args.precision,
             "rehearsal": args.rehearse,
             "deadline_s": args.deadline,
             "reserve_s": args.reserve,
@@ -741,7 +744,9 @@ class Campaign:
 
         # The seeds step first, with its retrain: what the comparison needs of it is on disk
         # before the search starts, and the search's --time-budget leaves room for its own.
-        (_, seeds_cmd), _ = search_commands(plan, self.args.data, storage, self.sizes)
+        (_, seeds_cmd), _ = search_commands(
+            plan, self.args.data, storage, self.sizes, precision=self.args.precision
+        )
         seeds = plan.step("seeds")
         self.run("seeds", seeds_cmd, seeds.limit_s, self.sizes.startup_s + 10, seeds.work_s)
         self.collect(storage)
@@ -753,7 +758,13 @@ class Campaign:
         self.results["search_start"] = {"left_s": now.left_s, "time_budget_s": budget,
                                         "trials": trials}  # fmt: skip
         _, (_, search_cmd) = search_commands(
-            plan, self.args.data, storage, self.sizes, search_seconds=budget, trials=trials
+            plan,
+            self.args.data,
+            storage,
+            self.sizes,
+            search_seconds=budget,
+            trials=trials,
+            precision=self.args.precision,
         )
         search = plan.step("search")
         estimate = search.work_s + budget - plan.search_seconds
@@ -1079,6 +1090,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--part", type=int, choices=[1, 2], default=1, help="1: this lease; 2: later")
     p.add_argument(
+        "--precision",
+        choices=PRECISION_NAMES,
+        default="auto",
+        help="the seeds' and the search's --precision (default: %(default)s, by the GPU)",
+    )
+    p.add_argument(
         "--rehearse",
         "--smoke",
         action="store_true",
@@ -1145,7 +1162,10 @@ def what_if(args: argparse.Namespace) -> int:
     plan = plan_search(measured, sizes)
     for line in plan.lines:
         print(f"plan: {line}")
-    for name, cmd in search_commands(plan, "DATA", Path("WORK/exp"), sizes, python="python"):
+    cmds = search_commands(
+        plan, "DATA", Path("WORK/exp"), sizes, python="python", precision=args.precision
+    )
+    for name, cmd in cmds:
         print(f"{name}: {' '.join(cmd)}")
     return 0 if plan.fits else 1
 

@@ -269,3 +269,15 @@ def log_plan(plan: PrecisionPlan, device: torch.device) -> None:
     logger.info("precision %s on %s%s%s (%s)", plan.precision, device, tf32, layout, plan.reason)
     if plan.warning:
         logger.warning(plan.warning)
+
+
+def check_visible_gpus() -> int:
+    """`check_gpu_supported` for every GPU this process sees, before anything is started on
+    them (a search checks them before Ray starts, not in a traceback inside a Ray worker);
+    how many there are. Nothing to check without CUDA."""
+    if not torch.cuda.is_available():
+        return 0
+    count = torch.cuda.device_count()
+    for index in range(count):
+        check_gpu_supported(torch.device("cuda", index))
+    return count

@@ -19,6 +19,7 @@ from tune.rungs import DEFAULT_REDUCTION_FACTOR
 # is models.DEFAULT_BUDGET. The same for the spaces' names (search_spaces.SPACES).
 FULL_BUDGET = 5_000_000
 SPACE_NAMES = ("efficient_resnet", "seeds", "tiny")
+PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")  # training.precision.PRECISIONS
 
 
 class UsageError(ValueError):
@@ -183,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--gpus-per-trial", type=float, help="GPUs per trial, fractions share a GPU (1; 0 on CPU)")
     a("--cpus-per-trial", type=float, default=1, help="CPUs per trial (default: %(default)s)")
+    a(
+        "--precision",
+        choices=PRECISION_NAMES,
+        default="auto",
+        help="every trial's, finalist's and retrain's precision: auto picks bf16 from CUDA "
+        "compute capability 8.0, fp16 with loss scaling on 7.x, fp32 below, on a CPU bf16 "
+        "where measured faster (default: %(default)s; a resumed search keeps its own)",
+    )
     a(
         "--address",
         # A Ray job's driver gets its cluster's address in RAY_ADDRESS.

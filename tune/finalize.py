@@ -162,7 +162,7 @@ def _chosen(record: TrialRecord, row: pd.Series, settings: SearchSettings) -> di
     """A trial's configuration as its retrain needs it: the network and training config at
     --retrain-epochs."""
     arch, cfg = trial_configs(record.config, settings.retrain_epochs)
-    cfg = cap_batch_size(cfg, settings.max_batch_size)
+    cfg = cap_batch_size(cfg, settings.max_batch_size).replace(precision=settings.precision)
     return {
         "trial_id": row["trial_id"],
         "stages": row["stages"],
@@ -536,6 +536,13 @@ def report(settings: SearchSettings, outcome: SearchOutcome, final: dict[str, An
         outcome.importances_basis,
         finalists=outcome.finalists,
         importances_trials=importance_trials(outcome.table),
+        duration=_saved_estimate(settings),
     )
     settings.storage.push(*REPORT_FILES)
     return path
+
+
+def _saved_estimate(settings: SearchSettings) -> dict[str, Any] | None:
+    """The duration estimate the search printed and kept, with what it took (tune.duration)."""
+    path = settings.storage.local_dir / "estimate.json"
+    return json.loads(path.read_text()) if path.exists() else None

@@ -149,6 +149,10 @@ def trials_table(records: list[TrialRecord], max_epochs: int) -> pd.DataFrame:
             if "node_id" in every_pass
             else "",
             "path": r.path,
+            # The precision the trial really trained at ("auto" resolved on its device).
+            "precision": str(h["precision"].dropna().iloc[-1])
+            if "precision" in h and h["precision"].notna().any()
+            else "",
             # The code that trained the trial (older trials did not report it).
             "code_version": str(h["code_version"].dropna().iloc[-1])
             if "code_version" in h and h["code_version"].notna().any()
@@ -383,6 +387,17 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def precision_sentence(requested: str, table: pd.DataFrame, final: dict[str, Any] | None) -> str:
+    """What precision was asked for and what the trials and the retrain really trained at."""
+    used = table["precision"][table["precision"] != ""] if "precision" in table else []
+    counts = pd.Series(used).value_counts().to_dict() if len(used) else {}
+    trials = ", ".join(f"{p} ({n} trial{'s' * (n != 1)})" for p, n in counts.items())
+    text = f"**Precision**: `--precision {requested}`; the trials trained at {trials or 'none yet'}"
+    if final and final.get("precision"):
+        text += f", the retrain at {final['precision']}"
+    return text + "."
+
+
 def write_report(
     exp_dir: Path,
     table: pd.DataFrame,
@@ -396,6 +411,7 @@ def write_report(
     importances_basis: str = "the completed trials",
     finalists: pd.DataFrame | None = None,
     importances_trials: int | None = None,
+    duration: dict[str, Any] | None = None,
 ) -> Path:
     """report.md with its plots beside it. `table` may hold the finalists' re-runs and the
     seed baselines too (its `role`); the sections about the search show its own trials.
@@ -423,6 +439,7 @@ def write_report(
     ]
     if settings.get("reduced"):
         lines += [f"**Reduced run** (no GPU): {_sentence(settings['reduced'])}", ""]
+    lines += [precision_sentence(settings.get("precision", "auto"), table, final), ""]
     k = score_epochs(max_epochs)
     score_note = (
         f"A trial's score is its validation accuracy averaged over its last {k} epoch(s), "
@@ -495,6 +512,8 @@ def write_report(
         lines += _comparison_lines(best, final, baseline, settings)
     if final:
         lines += ["## The winner retrained on train + validation", "", *_retrain_lines(final)]
+    if duration:
+        lines += ["## Duration", "", duration_sentence(duration), ""]
     lines += ["## Files", "", *_file_lines(exp_dir, final), ""]
     return write_text(exp_dir / "report.md", "\n".join(lines))
 
@@ -513,6 +532,24 @@ TTA_NOTE = (
 def _accuracies(final: dict[str, Any], key: str) -> str:
     per_seed = ", ".join(f"{a:.2%}" for a in final[key])
     return f"mean {final[key + '_mean']:.2%} ± {final[key + '_std']:.2%} (per seed: {per_seed})"
+
+
+def duration_sentence(duration: dict[str, Any]) -> str:
+    """The estimate printed from the first epochs (tune.duration) beside what it took."""
+    estimated = duration["estimated_s"]
+    text = (
+        f"Estimated from the first {len(duration.get('epochs_measured', []))} epochs: "
+        f"{estimated / 60:.1f} min for the whole command"
+    )
+    actual = duration.get("actual_s")
+    if actual is None:
+        return text + "; the command has not finished."
+    if duration.get("resumed"):
+        return text + f"; this command (a resumed search) took {actual / 60:.1f} min."
+    return text + (
+        f"; it took {actual / 60:.1f} min ({(estimated - actual) / actual:+.0%} off). "
+        + f"The estimate as printed: {duration.get('text', '')}."
+    )
 
 
 def _retrain_lines(final: dict[str, Any]) -> list[str]:

@@ -184,7 +184,13 @@ def finalist_rounds(settings: SearchSettings, concurrency: int) -> int:
     return -(-runs // max(1, concurrency)) if runs else 0
 
 
-def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbose: int) -> Any:
+def make_tuner(
+    settings: SearchSettings,
+    trainable: Any,
+    concurrency: int,
+    verbose: int,
+    callbacks: list[Any] | None = None,
+) -> Any:
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -263,7 +269,7 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
             failure_config=ray_tune.FailureConfig(max_failures=2),
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
             sync_config=ray_tune.SyncConfig(sync_artifacts=True),
-            callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
+            callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), *(callbacks or [])],
             # --time-budget, counted across resumes (Ray's own time_budget_s restarts).
             stop=TimeBudget(
                 settings.time_budget_s,
@@ -295,17 +301,29 @@ def _trainable(settings: SearchSettings, splits: DataSplits, log_level: int) -> 
         threads=max(1, int(settings.cpus_per_trial)),
         log_level=log_level,
         checkpoint_every_s=settings.checkpoint_every_s,
+        precision=settings.precision,
     )
     return ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, data=trial_data, settings=trial_settings),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+        trial_resources(settings),
     )
 
 
+def trial_resources(settings: SearchSettings) -> dict[str, float]:
+    """What Ray reserves for each trial: a GPU share gets the trial its own GPU (Ray sets
+    CUDA_VISIBLE_DEVICES), so two GPUs in one machine each run trials."""
+    return {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+
+
 def run_search(
-    settings: SearchSettings, splits: DataSplits, concurrency: int, log_level: int = logging.INFO
+    settings: SearchSettings,
+    splits: DataSplits,
+    concurrency: int,
+    log_level: int = logging.INFO,
+    callbacks: list[Any] | None = None,
 ) -> Any:
-    """Run (or continue) the experiment's trials to the end; Ray's ResultGrid."""
+    """Run (or continue) the experiment's trials to the end; Ray's ResultGrid. `callbacks`:
+    more Ray Tune callbacks for a new run (a restored one keeps those it was saved with)."""
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -325,7 +343,11 @@ def run_search(
             )
     else:
         tuner = make_tuner(
-            settings, trainable, concurrency, verbose=1 if log_level <= logging.INFO else 0
+            settings,
+            trainable,
+            concurrency,
+            verbose=1 if log_level <= logging.INFO else 0,
+            callbacks=callbacks,
         )
     return tuner.fit()
 

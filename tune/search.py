@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> int:
+    command_started = time.perf_counter()
     # 1. Everything that can be wrong with the inputs fails here, before Ray starts; first
     # what needs no torch, so that a typo does not wait seconds for its import.
     try:
@@ -80,6 +81,15 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
     except BudgetTooSmallError as e:
         logger.error(e)
         return 2
+    # A GPU the installed torch cannot run stops the search here, before Ray starts.
+    from training.precision import UnsupportedGpuError, check_visible_gpus
+
+    if args.address is None and args.gpus_per_trial != 0:
+        try:
+            check_visible_gpus()
+        except UnsupportedGpuError as e:
+            logger.error(e)
+            return 2
 
     from training.data import DEFAULT_VAL_SIZE, DataError, load_cifar10, load_images, make_splits
     from tune.finalize import (
@@ -158,8 +168,22 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
         baseline_records, baseline = run_seed_baseline(settings, splits, concurrency)
     stop.raise_if_interrupted()
     search_started = time.perf_counter()
+    # The duration of the whole command, printed from the first epochs (tune.duration).
+    from tune.duration import DurationEstimate, record_actual, shape_of
+
+    retrain_scale = (len(splits.train) + len(splits.val)) / max(1, len(splits.train))
+    shape = shape_of(
+        settings,
+        concurrency,
+        retrain_scale,
+        retrain=not args.skip_retrain,
+        baseline_done=bool(baseline_records),
+        # A matching seeds experiment found elsewhere is already retrained.
+        external_baseline=baseline is not None,
+    )
+    estimate = DurationEstimate(settings, shape, time.perf_counter() - command_started)
     with stop.during_fit():
-        grid = run_search(settings, splits, concurrency, project_level())
+        grid = run_search(settings, splits, concurrency, project_level(), [estimate])
     stop.raise_if_interrupted()
     records = collect_records(grid)
     with stop.during_fit():
@@ -184,6 +208,7 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
         final = retrain_best(settings, outcome.best, splits, predict)
         outcome.baseline = retrain_baseline(settings, outcome.baseline, splits)
     logger.info("all of it took %.1f min", (time.perf_counter() - started) / 60)
+    record_actual(settings, time.perf_counter() - command_started, resumed=saved is not None)
     report(settings, outcome, final)
     logger.info(
         f"report: {storage.uri}/report.md\nTensorBoard: "

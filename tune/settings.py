@@ -55,6 +55,9 @@ class SearchSettings:
     finalist_seeds: int = 1  # new seeds per finalist
     baseline: str = "none"  # "seeds": train the seed networks in this experiment to compare
     warm_start: str | None = None  # an earlier experiment whose finished trials seed the study
+    # Every trial's, finalist's and retrain's TrainConfig.precision ("auto": by each one's
+    # device, training.precision); what each really used is in its metrics.
+    precision: str = "auto"
 
     @property
     def storage(self) -> ExperimentStorage:
@@ -182,6 +185,7 @@ def resolve_settings(
         finalist_seeds=pick["finalist_seeds"],
         baseline=args.baseline,
         warm_start=args.warm_start,
+        precision=getattr(args, "precision", "auto"),
     )
 
 

@@ -1,0 +1,187 @@
+"""The duration model (tune.estimate) with stand-in timings: every number below is worked out
+by hand from the model's rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from tune.estimate import (
+    Shape,
+    Timings,
+    asha_survivors,
+    continue_probability,
+    estimate,
+    summary,
+    trials_that_fit,
+)
+
+# Ray's ASHA keeps the k-th arrival at a rung if it is at or above the 2/3 percentile (rf 3)
+# of the k values so far: the share of positions that are.
+CONTINUE = [
+    (1, 3, 1.0),
+    (2, 3, 0.5),
+    (3, 3, 1 / 3),
+    (4, 3, 0.5),
+    (5, 3, 0.4),
+    (6, 3, 2 / 6),
+    (1, 2, 1.0),
+    (2, 2, 0.5),
+    (3, 2, 2 / 3),
+    (4, 2, 0.5),
+]
+
+
+@pytest.mark.parametrize(("k", "rf", "expected"), CONTINUE)
+def test_continue_probability_follows_ashas_percentile(k: int, rf: int, expected: float) -> None:
+    assert continue_probability(k, rf) == pytest.approx(expected)
+
+
+def test_asha_keeps_more_than_a_third_of_a_small_search() -> None:
+    # 6 trials at rf 3: 1 + 1/2 + 1/3 + 1/2 + 2/5 + 1/3 continue past the rung.
+    assert asha_survivors(6, (2,), 3) == pytest.approx([6, 46 / 15])
+    # A large search keeps close to 1/rf at each rung.
+    many = asha_survivors(729, (4, 12), 3)
+    assert many[1] / 729 == pytest.approx(1 / 3, abs=0.01)
+    assert many[2] / many[1] == pytest.approx(1 / 3, abs=0.02)
+
+
+# (name, timings, shape, expected seconds of each part: search, finalists, retrain, total)
+CASES = [
+    (
+        "no rungs: every trial trains every epoch",
+        Timings(epoch_s=10.0),
+        Shape(trials=4, max_epochs=3, rungs=(), reduction_factor=3, concurrency=2),
+        (4 * 3 * 10 / 2, 0.0, 0.0, 60.0),
+    ),
+    (
+        # 6 trials, rung at 2 of 6: all train 2 epochs + a 0.4-epoch branch, 46/15 go on to 6.
+        "the reduced run's shape",
+        Timings(epoch_s=10.0, before_s=30.0),
+        Shape(
+            trials=6,
+            max_epochs=6,
+            rungs=(2,),
+            reduction_factor=3,
+            concurrency=2,
+            finalists=1,
+            finalist_seeds=2,
+            retrain_seeds=2,
+            retrain_epochs=6,
+            retrain_scale=2.0,
+            retrain_slots=2,
+        ),
+        (
+            (6 * 2.4 + 46 / 15 * 4) * 10 / 2,
+            60.0,
+            6 * 10 * 2.0,
+            30 + (6 * 2.4 + 46 / 15 * 4) * 5 + 60 + 120,
+        ),
+    ),
+    (
+        # Each trial's start counts once per trial, the finalists' runs' too.
+        "a trial's start is paid by every trial",
+        Timings(epoch_s=10.0, trial_start_s=5.0),
+        Shape(
+            trials=4,
+            max_epochs=3,
+            rungs=(),
+            reduction_factor=3,
+            concurrency=2,
+            finalists=1,
+            finalist_seeds=2,
+        ),
+        (4 * (30 + 5) / 2, 35.0, 0.0, 70.0 + 35.0),
+    ),
+    (
+        "one trial at a time, seeds one after the other, and a seed baseline",
+        Timings(epoch_s=1.0),
+        Shape(
+            trials=1,
+            max_epochs=4,
+            rungs=(),
+            reduction_factor=3,
+            concurrency=1,
+            retrain_seeds=3,
+            retrain_epochs=4,
+            retrain_slots=1,
+            baseline=True,
+        ),
+        (4.0, 0.0, 2 * 3 * 4.0, 5 * 4.0 + 4.0 + 24.0),
+    ),
+    (
+        "a time budget caps the search, leaving its finalists their room",
+        Timings(epoch_s=10.0),
+        Shape(
+            trials=100_000,
+            max_epochs=5,
+            rungs=(),
+            reduction_factor=3,
+            concurrency=1,
+            finalists=2,
+            time_budget_s=600.0,
+        ),
+        (500.0, 100.0, 0.0, 600.0),
+    ),
+    (
+        "a single long trial is not shared out among idle slots",
+        Timings(epoch_s=10.0),
+        Shape(trials=1, max_epochs=10, rungs=(), reduction_factor=3, concurrency=4),
+        (100.0, 0.0, 0.0, 100.0),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "timings", "shape", "parts"), CASES, ids=[c[0] for c in CASES])
+def test_estimate_adds_up_the_parts(
+    name: str, timings: Timings, shape: Shape, parts: tuple[float, ...]
+) -> None:
+    search, finalists, retrain, total = parts
+    est = estimate(timings, shape)
+    assert est.search_s == pytest.approx(search)
+    assert est.finalists_s == pytest.approx(finalists)
+    assert est.retrain_s == pytest.approx(retrain)
+    assert est.total_s == pytest.approx(total)
+
+
+def full_gpu_shape(**changes: object) -> Shape:
+    """The full defaults: 64 trials of 30 epochs, rungs at 4 and 12, 3x2 finalists, 5 seeds."""
+    values = dict(
+        trials=64,
+        max_epochs=30,
+        rungs=(4, 12),
+        reduction_factor=3,
+        concurrency=2,
+        finalists=3,
+        finalist_seeds=2,
+        retrain_seeds=5,
+        retrain_epochs=30,
+        retrain_scale=50_000 / 45_000,
+        retrain_slots=2,
+    )
+    return Shape(**{**values, **changes})  # type: ignore[arg-type]
+
+
+def test_a_long_search_says_what_fits_in_two_hours() -> None:
+    timings = Timings(epoch_s=20.0, before_s=60.0)  # a T4-like epoch
+    est, text = summary(timings, full_gpu_shape())
+    assert est.total_s > 2 * 3600
+    assert "to end within 2 h 00 min: --time-budget " in text
+    fit = trials_that_fit(timings, full_gpu_shape(), 2 * 3600)
+    assert 0 < fit < 64 and f"--num-samples {fit}" in text
+    assert estimate(timings, full_gpu_shape(trials=fit)).total_s <= 2 * 3600
+    assert estimate(timings, full_gpu_shape(trials=fit + 1)).total_s > 2 * 3600
+    # The --time-budget it names makes the command fit too.
+    minutes = int(text.split("--time-budget ")[1].split("m")[0])
+    capped = estimate(timings, full_gpu_shape(trials=100_000, time_budget_s=minutes * 60))
+    assert capped.total_s <= 2 * 3600
+
+
+def test_a_short_search_gives_no_advice() -> None:
+    est, text = summary(Timings(epoch_s=1.0), full_gpu_shape())
+    assert est.total_s < 2 * 3600 and "to end within" not in text
+    assert "estimated duration of the whole command" in text
+
+
+def test_when_even_the_retrains_do_not_fit_it_says_so() -> None:
+    _, text = summary(Timings(epoch_s=400.0), full_gpu_shape())
+    assert "even without a search" in text and "--retrain-seeds" in text
