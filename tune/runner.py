@@ -17,7 +17,7 @@ from tune.ray_compat import (
     restored_scheduler,
     use_ray_auth_mode,
 )
-from tune.rungs import asha_brackets, asha_milestones
+from tune.rungs import asha_bracket_plan, asha_brackets, asha_milestones
 from tune.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
@@ -187,9 +187,10 @@ def finalist_rounds(settings: SearchSettings, concurrency: int) -> int:
 def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbose: int) -> Any:
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from tune.schedulers import SearchScheduler
     from tune.searcher import StudySearcher
     from tune.study import startup_trials
     from tune.time_budget import TimeBudget
@@ -215,7 +216,9 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
         brackets = asha_brackets(
             settings.max_epochs, settings.grace_period, settings.reduction_factor
         )
-        scheduler = ASHAScheduler(
+        # Each trial's bracket is drawn by the searcher and kept in its config, where the
+        # scheduler reads it: a resumed trial stays in its bracket (tune.schedulers).
+        scheduler = SearchScheduler(
             time_attr="training_iteration",
             max_t=settings.max_epochs,
             grace_period=settings.grace_period,
@@ -236,6 +239,9 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
             name=settings.name,
             n_startup_trials=startup_trials(settings.num_samples, len(space.starting_points)),
             rung_epochs=rungs,
+            brackets=asha_bracket_plan(
+                settings.max_epochs, settings.grace_period, settings.reduction_factor, brackets
+            ),
             time_budget_s=settings.time_budget_s,
             warm_start=settings.warm_start,
         )

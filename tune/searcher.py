@@ -24,6 +24,8 @@ from tune.study import (
     running_trial,
     tell_outcome,
 )
+from tune.rungs import Bracket, choose_bracket
+from tune.schedulers import BRACKET_KEY
 from tune.time_budget import RungDeadline
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class StudySearcher(Searcher):
         name: str,
         n_startup_trials: int,
         rung_epochs: tuple[int, ...] = (),
+        brackets: tuple[Bracket, ...] = (),
         time_budget_s: float | None = None,
         warm_start: str | None = None,
     ) -> None:
@@ -59,10 +62,14 @@ class StudySearcher(Searcher):
         # ASHA's rungs: every trial evaluates a decay branch at these epochs (what it would
         # reach if its schedule ended there), which is what the rungs compare.
         self.rung_epochs = tuple(rung_epochs)
+        # With several ASHA brackets, each trial's own: it evaluates branches only at its
+        # bracket's rungs (a branch at another bracket's rung is computed for nothing), and
+        # the scheduler (tune.schedulers) judges it in that bracket, also after a resume.
+        self.brackets = tuple(brackets)
         self.warm_start = warm_start  # an earlier experiment whose finished trials seed the study
         # With --time-budget: no trial starts that cannot reach the first rung in time.
         self.deadline = (
-            RungDeadline(time_budget_s, storage_path, name, self.rung_epochs[0])
+            RungDeadline(time_budget_s, storage_path, name, min(self.rung_epochs))
             if time_budget_s and self.rung_epochs
             else None
         )
@@ -128,8 +135,16 @@ class StudySearcher(Searcher):
             **constants,
             "seed": derive_seed(self.seed, trial.number),
             "trial_number": trial.number,
-            "rung_epochs": list(self.rung_epochs),
+            **self._bracket_of(trial.number),
         }
+
+    def _bracket_of(self, number: int) -> dict[str, Any]:
+        """The trial's bracket and the rungs it evaluates decay branches at."""
+        brackets = getattr(self, "brackets", ())  # a searcher pickled before brackets existed
+        if not brackets:
+            return {"rung_epochs": list(self.rung_epochs)}
+        bracket = choose_bracket(brackets, self.seed, number)
+        return {BRACKET_KEY: bracket, "rung_epochs": list(brackets[bracket].rungs)}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if self.deadline is not None:
