@@ -243,6 +243,7 @@ def make_tuner(settings: SearchSettings, trainable: Any, concurrency: int, verbo
                 settings.max_epochs, settings.grace_period, settings.reduction_factor, brackets
             ),
             time_budget_s=settings.time_budget_s,
+            reserve_rounds=finalist_rounds(settings, concurrency),
             warm_start=settings.warm_start,
         )
         param_space = {}

@@ -14,6 +14,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from search_spaces import ask_fitting, derive_seed, get_space
+from tune.rungs import Bracket, choose_bracket
+from tune.schedulers import BRACKET_KEY
 from tune.storage import ExperimentStorage
 from tune.study import (
     METRIC,
@@ -24,8 +26,6 @@ from tune.study import (
     running_trial,
     tell_outcome,
 )
-from tune.rungs import Bracket, choose_bracket
-from tune.schedulers import BRACKET_KEY
 from tune.time_budget import RungDeadline
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class StudySearcher(Searcher):
         rung_epochs: tuple[int, ...] = (),
         brackets: tuple[Bracket, ...] = (),
         time_budget_s: float | None = None,
+        reserve_rounds: int = 0,
         warm_start: str | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode="max")
@@ -67,9 +68,17 @@ class StudySearcher(Searcher):
         # the scheduler (tune.schedulers) judges it in that bracket, also after a resume.
         self.brackets = tuple(brackets)
         self.warm_start = warm_start  # an earlier experiment whose finished trials seed the study
-        # With --time-budget: no trial starts that cannot reach the first rung in time.
+        # With --time-budget: no trial starts that cannot reach the first rung before the
+        # trials stop (the budget less the `reserve_rounds` rounds of finalists' re-runs).
         self.deadline = (
-            RungDeadline(time_budget_s, storage_path, name, min(self.rung_epochs))
+            RungDeadline(
+                time_budget_s,
+                storage_path,
+                name,
+                min(self.rung_epochs),
+                reserve_rounds=reserve_rounds,
+                max_epochs=max_epochs,
+            )
             if time_budget_s and self.rung_epochs
             else None
         )
@@ -118,10 +127,12 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.deadline is not None and not self.deadline.can_reach_first_rung():
             logger.info(
-                "no new trial: at %.0f s per epoch, one started now would not reach its first "
-                "rung (epoch %d) before --time-budget ends",
-                self.deadline.epoch_seconds(),
+                "no new trial: one started now would not reach its first rung (epoch %d, "
+                "%.0f s with its decay branch) before the trials stop (%.0f s into the "
+                "search: --time-budget less the finalists' reserve)",
                 self.deadline.first_rung,
+                self.deadline.first_rung_seconds(),
+                self.deadline.trials_stop_at_s(),
             )
             return Searcher.FINISHED
         trial, constants = ask_fitting(self.study, get_space(self.space), self.budget)
@@ -181,7 +192,9 @@ class StudySearcher(Searcher):
         saved = json.loads(Path(checkpoint_path).read_text())
         self._numbers = {trial_id: int(n) for trial_id, n in saved["numbers"].items()}
         if self.deadline is not None:
-            self.deadline.seen = [float(x) for x in saved.get("epoch_seconds", [])]
+            self.deadline.seen = [
+                RungDeadline.saved_epoch(x) for x in saved.get("epoch_seconds", [])
+            ]
         self._live = {}
 
     # --- helpers
