@@ -5,9 +5,6 @@ the rung's own epoch, and a trial evaluates decay branches at its own bracket's 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import signal
 import time
 import uuid
 from collections import Counter
@@ -20,6 +17,17 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
 from search_spaces import raw_params, trial_configs
+from tests.conftest import write_python_batches
+from tests.searchrun import (
+    check_ok,
+    cli,
+    kill,
+    read_results,
+    read_table,
+    search,
+    start,
+    trial_dirs,
+)
 from tune.ray_compat import refill_asha_rungs
 from tune.rungs import asha_bracket_plan, choose_bracket, default_grace_period
 from tune.schedulers import SearchScheduler
@@ -184,3 +192,87 @@ def test_a_trial_evaluates_decay_branches_at_its_own_brackets_rungs_only(tmp_pat
         _, cfg = trial_configs(config, 15, rungs=True)
         assert cfg.decay_eval_epochs == ((2, 6) if config["bracket"] == 0 else (6,))
         assert "bracket" not in raw_params(config)  # a constant, not a searched parameter
+
+
+# --- end to end: a two-bracket search killed after its first rung and resumed ----------------
+
+MAX_EPOCHS = 15  # the default grace period (2) and reduction factor (3) make two brackets
+SAMPLES = 6
+
+
+def _seed_with_two_second_bracket_trials() -> tuple[int, int]:
+    """A search seed under which two of the first SAMPLES - 1 trials are in the second
+    bracket; (seed, the number of the later one), the trial the test kills the search in."""
+    plan = asha_bracket_plan(MAX_EPOCHS, default_grace_period(MAX_EPOCHS), 3, 2)
+    for seed in range(100):
+        second = [n for n in range(SAMPLES - 1) if choose_bracket(plan, seed, n) == 1]
+        if len(second) >= 2 and second[1] >= 2:
+            return seed, second[1]
+    raise AssertionError("no seed found")
+
+
+def _decisions(exp: Path, up_to: int) -> dict[int, tuple[int, int, str]]:
+    """trial number -> (bracket, epochs run, status): where ASHA stopped it, or that it ran
+    to the end, is each of its rung decisions."""
+    table = read_table(exp)
+    table = table[table["config/trial_number"] <= up_to]
+    return {
+        int(row["config/trial_number"]): (
+            int(row["config/bracket"]),
+            int(row["epochs_run"]),
+            str(row["status"]),
+        )
+        for _, row in table.iterrows()
+    }
+
+
+@pytest.mark.slow
+def test_a_resumed_two_bracket_search_decides_every_rung_as_an_uninterrupted_one(tmp_path):
+    seed, killed_in = _seed_with_two_second_bracket_trials()
+    data = write_python_batches(tmp_path / "data", n_train=400, n_test=50)
+    storage = tmp_path / "exp"
+    common = dict(
+        space="tiny", data=data, num_samples=SAMPLES, max_epochs=MAX_EPOCHS, subset=300,
+        seed=seed, skip_retrain=True, finalists=0, max_concurrent_trials=1,
+        checkpoint_every=0, storage_path=storage,
+    )  # fmt: skip
+
+    check_ok(search(cli(**common, name="whole"), tmp_path / "whole", timeout=900))
+    whole = _decisions(storage / "whole", killed_in)
+    assert {bracket for bracket, _, _ in whole.values()} == {0, 1}
+
+    # The same search, killed while trial `killed_in` (second bracket) is past the first
+    # bracket's rung (epoch 2) and before its own (epoch 6), then resumed.
+    marker = uuid.uuid4().hex
+    proc = start(cli(**common, name="cut"), tmp_path / "cut", marker)
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            reports = [
+                r
+                for d in trial_dirs(storage / "cut")
+                for r in read_results(d)
+                if r.get("config", {}).get("trial_number") == killed_in
+            ]
+            if reports and reports[-1]["training_iteration"] >= 4:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the search ended before the kill"
+        assert reports and reports[-1]["training_iteration"] < 6, reports
+    finally:
+        kill(proc, marker)
+    check_ok(search(cli(**common, name="cut"), tmp_path / "resumed", timeout=900))
+
+    assert _decisions(storage / "cut", killed_in) == whole
+    # ASHA stopped each trial only at a rung of the bracket its config names.
+    plan = asha_bracket_plan(MAX_EPOCHS, 2, 3, 2)
+    for exp in ("whole", "cut"):
+        for bracket, epochs, status in _decisions(storage / exp, SAMPLES).values():
+            assert status != "stopped_early" or epochs in plan[bracket].rungs
+    # Every trial evaluated decay branches at its own bracket's rungs only.
+    for trial_dir in trial_dirs(storage / "whole"):
+        reports = read_results(trial_dir)
+        bracket = reports[-1]["config"]["bracket"]
+        branches = [r["training_iteration"] for r in reports if "decay_branch_epochs" in r]
+        expected = [e for e in plan[bracket].rungs if e <= reports[-1]["training_iteration"]]
+        assert branches == expected, (trial_dir.name, bracket, branches)
