@@ -9,21 +9,16 @@ import textwrap
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.samplers._tpe.sampler import _split_trials
 from optuna.trial import TrialState
 
 from search_spaces import ask_fitting, get_space
-from training.artifacts import write_json
-from tune.cli import UsageError, build_parser
-from tune.settings import SETTINGS_FILE, check_warm_start, resolve_settings
 from tune.storage import ExperimentStorage
 from tune.study import (
     FAILED_CONSTRAINT,
     make_sampler,
     open_study,
     startup_trials,
-    study_url,
     tell_outcome,
 )
 
@@ -166,78 +161,6 @@ def test_a_failure_never_enters_an_asha_rung(tmp_path):
     cutoff = bracket.cutoff(recorded)
     assert bracket.on_result(T("failed"), 3, failed["val_acc"]) == "CONTINUE"
     assert bracket.cutoff(recorded) == cutoff
-
-
-def _experiment(root: Path, name: str, space: str, max_epochs: int, values: list[float]):
-    storage = _storage(root, name)
-    write_json(storage.local_dir / SETTINGS_FILE, {"space": space, "max_epochs": max_epochs})
-    study = open_study(storage, seed=1, n_startup_trials=4)
-    for value in values:
-        trial, constants = ask_fitting(study, get_space(space), BUDGET)
-        trial.set_user_attr("ray_trial_id", "old")
-        trial.report(value, max_epochs)
-        study.tell(trial, value)
-    trial, _ = ask_fitting(study, get_space(space), BUDGET)
-    study.tell(trial, state=TrialState.FAIL)  # not carried over
-    return storage
-
-
-def test_warm_start_adds_the_finished_trials_of_the_same_space_and_epochs(tmp_path):
-    from tune.searcher import StudySearcher
-
-    _experiment(tmp_path, "earlier", "efficient_resnet", 6, [0.3, 0.4, 0.5])
-    new = _storage(tmp_path, "later")
-    check_warm_start(new, "earlier", "efficient_resnet", 6)
-    searcher = StudySearcher(
-        space="efficient_resnet",
-        budget=BUDGET,
-        seed=0,
-        max_epochs=6,
-        storage_path=str(tmp_path),
-        name="later",
-        n_startup_trials=7,
-        rung_epochs=(2,),
-        warm_start="earlier",
-    )
-    config = searcher.suggest("ray-1")
-    study = optuna.load_study(study_name="later", storage=study_url(new))
-    warm = [t for t in study.trials if t.user_attrs.get("warm_start") == "earlier"]
-    assert sorted(t.value for t in warm) == [0.3, 0.4, 0.5]
-    assert all(t.state == TrialState.COMPLETE and t.intermediate_values for t in warm)
-    assert not any(t.user_attrs.get("ray_trial_id") == "old" for t in study.trials)
-    # Then the space's starting points, the first of them now.
-    assert {k: config[k] for k in get_space("efficient_resnet").starting_points[0]} == dict(
-        get_space("efficient_resnet").starting_points[0]
-    )
-    assert config["rung_epochs"] == [2]
-
-
-@pytest.mark.parametrize(
-    ("space", "epochs", "message"),
-    [("tiny", 6, "space 'efficient_resnet'"), ("efficient_resnet", 30, "--max-epochs 6")],
-)
-def test_warm_start_from_another_space_or_run_length_is_refused(tmp_path, space, epochs, message):
-    _experiment(tmp_path, "earlier", "efficient_resnet", 6, [0.3])
-    with pytest.raises(UsageError, match=message):
-        check_warm_start(ExperimentStorage(str(tmp_path), "later"), "earlier", space, epochs)
-    with pytest.raises(UsageError, match="no finished experiment 'nope'"):
-        check_warm_start(ExperimentStorage(str(tmp_path), "later"), "nope", space, epochs)
-
-
-def test_the_command_line_takes_warm_start_and_derives_the_rungs(tmp_path):
-    args = build_parser().parse_args(
-        ["--warm-start", "earlier", "--storage-path", str(tmp_path), "--max-epochs", "30"]
-    )
-    _experiment(tmp_path, "earlier", "efficient_resnet", 30, [0.3])
-    settings = resolve_settings(args, ExperimentStorage(str(tmp_path), "new"), have_gpu=True)
-    assert settings.warm_start == "earlier"
-    assert (settings.grace_period, settings.reduction_factor) == (4, 3)
-    reduced = resolve_settings(
-        build_parser().parse_args([]), ExperimentStorage(str(tmp_path), "r"), have_gpu=False
-    )
-    assert (reduced.max_epochs, reduced.grace_period) == (6, 2)
-    help_text = build_parser().format_help()
-    assert "default: 3" in help_text and "max-epochs / 9" in help_text
 
 
 def test_no_trial_starts_that_cannot_reach_the_first_rung_before_the_deadline(tmp_path):
