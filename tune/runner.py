@@ -291,7 +291,7 @@ def _trainable(settings: SearchSettings, splits: DataSplits, log_level: int) -> 
     """The Ray trainable of every trial of the experiment, with its data and resources."""
     from ray import tune as ray_tune
 
-    from tune.trainable import TrialSettings, run_trial, share_trial_data
+    from tune.trainable import TrialResources, TrialSettings, run_trial, share_trial_data
 
     # Trials never see test. By reference: a reused worker fetches it once, not per trial.
     trial_data = share_trial_data(DataSplits(train=splits.train, val=splits.val))
@@ -302,10 +302,13 @@ def _trainable(settings: SearchSettings, splits: DataSplits, log_level: int) -> 
         threads=max(1, int(settings.cpus_per_trial)),
         log_level=log_level,
         checkpoint_every_s=settings.checkpoint_every_s,
+        gpus=settings.gpus_per_trial,
     )
+    # Per trial: a configuration retried alone after running out of memory on a shared GPU
+    # asks for a whole one (tune.trainable.RETRY_ALONE_KEY).
     return ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, data=trial_data, settings=trial_settings),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+        TrialResources(cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial),
     )
 
 
