@@ -36,6 +36,8 @@ CONSTANT_KEYS = (
     "seed",
     "trial_number",
     "rung_epochs",  # the search's ASHA rungs: the trial evaluates a decay branch at each
+    "bracket",  # the trial's ASHA bracket (tune.schedulers), whose rungs rung_epochs are
+    "retry_alone",  # run again alone on a whole GPU after running out of memory beside others
 )
 
 

@@ -353,9 +353,9 @@ def test_killed_search_resumes_without_rerunning_finished_trials(
     assert f"resuming the search in {exp}" in run.stdout
     match = re.search(r"scheduler (\w+); refilled (\d+) ASHA rung entries", run.stdout)
     assert match, run.stdout[-3000:]
-    from ray.tune.schedulers import ASHAScheduler
+    from tune.schedulers import SearchScheduler
 
-    assert match.group(1) == ASHAScheduler.__name__  # ASHA kept, not a FIFO fallback
+    assert match.group(1) == SearchScheduler.__name__  # ASHA kept, not a FIFO fallback
     # Each ended trial recorded one rung entry per epoch it ran (the rungs are epochs 1 and 2).
     assert int(match.group(2)) >= sum(len(before.splitlines()) for before in done_before.values())
 

@@ -4,6 +4,7 @@ GPU (CUDA_VISIBLE_DEVICES), so `cuda` in a trial is the GPU it was given."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -50,8 +51,9 @@ TUNE_ON_TWO_GPUS = """
 import json, os, sys, time
 import ray
 from ray import tune as ray_tune
+from tune.trainable import TrialResources
 
-resources = json.loads(sys.argv[1])
+resources = TrialResources(**json.loads(sys.argv[1]))
 ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, address="local")
 
 def trial(config):
@@ -74,8 +76,9 @@ def test_ray_tune_spreads_trials_over_both_gpus(tmp_path: Path, share: str) -> N
     """Ray Tune as the search uses it (the trials' resources, reused actors) on a node that
     declares two GPUs: every trial sees exactly one, and both are used."""
     resources = trial_resources(kaggle_settings(tmp_path, "--gpus-per-trial", share))
+    fields = json.dumps(dataclasses.asdict(resources))
     run = subprocess.run(
-        [sys.executable, "-c", TUNE_ON_TWO_GPUS, json.dumps(resources), str(tmp_path / "ray")],
+        [sys.executable, "-c", TUNE_ON_TWO_GPUS, fields, str(tmp_path / "ray")],
         cwd=ROOT,
         env=search_env("two-gpus"),
         capture_output=True,

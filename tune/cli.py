@@ -230,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--warm-start",
         metavar="EXPERIMENT",
-        help="start the study from the finished trials of an earlier experiment in the same "
-        "--storage-path (same space and --max-epochs), so TPE does not start from zero",
+        help="start the study from the finished trials of an earlier experiment: its name in "
+        "--storage-path, or its folder's path; it must have searched like this one (same "
+        "space, --max-epochs, --budget, --subset, --data, --seed), so TPE does not start "
+        "from zero",
     )
     a("--retrain-epochs", type=int, help="epochs of the final retrain (default: --max-epochs)")
     a(

@@ -7,6 +7,10 @@ inherit the driver's environment), e.g.
      {"kind": "nan", "trial": 2, "epoch": 1},    # poison the weights: the next loss is NaN
      {"kind": "oom", "trial": 3, "epoch": 1}]    # raise torch.cuda.OutOfMemoryError
 
+`"kind": "cudnn_oom"` raises cuDNN's allocation failure (a RuntimeError); `"shared_only":
+true` makes a fault strike only a trial that shares its GPU (tune.trainable.use_gpu_shared),
+not its retry alone.
+
 `trial` is the Optuna trial number (the order of suggestion, from 0); `epoch` is the epoch
 after which the fault strikes. A kill strikes once per trial (a marker file in the trial's
 folder remembers it), so the restarted trial runs on. Unset, this module does nothing.
@@ -54,3 +58,5 @@ def strike(
                     p.fill_(float("nan"))
         elif fault["kind"] == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (fault drill)")
+        elif fault["kind"] == "cudnn_oom":
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED (fault drill)")

@@ -109,6 +109,7 @@ def finalist_configs(
     for trial_id in candidates(table)["trial_id"].head(settings.finalists):
         config = {**by_id[trial_id].config, "rung_epochs": []}
         number = int(config.pop("trial_number"))
+        config.pop("bracket", None)  # no ASHA bracket: nothing stops a re-run
         for run in range(settings.finalist_seeds):
             seed = finalist_seed(settings.seed, number, run)
             configs.append({**config, "seed": seed, "finalist_of": number})

@@ -79,8 +79,8 @@ def refill_asha_rungs(tuner: Any, scheduler: Any | None = None) -> int:
     """Ray restores the ASHA scheduler object as it was pickled when the experiment started,
     not what its rungs have recorded since (scheduler state is not part of the experiment
     checkpoint: ray-project/ray#30838, open), so a resumed search would compare new trials against empty rungs and stop none. Refill them
-    from the restored results, as ASHA itself would have recorded them: the metric at the
-    first reported iteration at or past each milestone, times the scheduler's sign for its
+    from the restored results, as the scheduler recorded them: the metric at each
+    milestone's own iteration, times the scheduler's sign for its
     mode, into the one bracket the trial belongs to. Returns the entries written; 0, with a
     warning, where the scheduler is not the ASHA of the pinned Ray."""
     scheduler = scheduler if scheduler is not None else restored_scheduler(tuner)
@@ -112,18 +112,31 @@ def refill_asha_rungs(tuner: Any, scheduler: Any | None = None) -> int:
             continue
         trial_id = str(history["trial_id"].iloc[-1])
         bracket = assigned.get(trial_id)
-        index = brackets.index(bracket) if bracket in brackets else _bracket_of(trial_id, rungs)
+        index = _config_bracket(result, len(rungs))
+        if index is None:
+            index = brackets.index(bracket) if bracket in brackets else _bracket_of(trial_id, rungs)
         for milestone, recorded in rungs[index]:
-            reached = history[history[time_attr] >= milestone]
+            # The value of the rung's own epoch (its decay branch's), as tune.schedulers
+            # judges; a trial whose reports skip that epoch was never judged there.
+            reached = history[history[time_attr] == milestone]
             if len(reached) and trial_id not in recorded:
                 recorded[trial_id] = sign * float(reached[metric].iloc[0])
                 filled += 1
     return filled
 
 
+def _config_bracket(result: Any, brackets: int) -> int | None:
+    """The bracket the trial's config names (a search's trials carry theirs, see
+    tune.schedulers), where the scheduler will put the restored trial too."""
+    from tune.schedulers import config_bracket
+
+    return config_bracket(getattr(result, "config", None), brackets)
+
+
 def _bracket_of(trial_id: str, rungs: list[Any]) -> int:
-    """A finished trial's bracket is not kept anywhere; any fixed choice keeps each trial in
-    exactly one bracket, as ASHA does (a stable hash, not Python's salted one)."""
+    """The bracket of a trial whose config names none (an experiment started before trials
+    carried theirs): any fixed choice keeps each trial in exactly one bracket, as ASHA does
+    (a stable hash, not Python's salted one)."""
     return int(hashlib.sha256(trial_id.encode()).hexdigest(), 16) % len(rungs)
 
 

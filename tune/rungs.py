@@ -10,6 +10,8 @@ has rungs at 4 and 12, a 15-epoch one at 2 and 6, the reduced 6-epoch one at 2.
 from __future__ import annotations
 
 import math
+import random
+from dataclasses import dataclass
 
 DEFAULT_REDUCTION_FACTOR = 3
 MIN_GRACE_PERIOD = 2
@@ -20,6 +22,12 @@ def default_grace_period(max_epochs: int) -> int:
     return min(max_epochs, max(MIN_GRACE_PERIOD, math.ceil(max_epochs / 9)))
 
 
+def _rung_count(max_epochs: int, grace_period: int, reduction_factor: int, bracket: int) -> int:
+    """Rungs of bracket `bracket` as Ray's ASHA (Ray 2.60, `_Bracket`) counts them: the last
+    may sit at `max_epochs` itself."""
+    return int(math.log(max_epochs / grace_period) / math.log(reduction_factor) - bracket + 1)
+
+
 def asha_milestones(
     max_epochs: int, grace_period: int, reduction_factor: int, brackets: int = 1
 ) -> tuple[int, ...]:
@@ -28,7 +36,7 @@ def asha_milestones(
     has rungs at grace * rf**(k + s): the brackets share the first bracket's epochs."""
     rungs = set()
     for s in range(brackets):
-        count = int(math.log(max_epochs / grace_period) / math.log(reduction_factor) - s + 1)
+        count = _rung_count(max_epochs, grace_period, reduction_factor, s)
         rungs.update(grace_period * reduction_factor ** (k + s) for k in range(max(0, count)))
     return tuple(sorted(r for r in rungs if r < max_epochs))
 
@@ -44,3 +52,49 @@ def asha_brackets(max_epochs: int, grace_period: int, reduction_factor: int) -> 
     second = asha_milestones(max_epochs, grace_period, reduction_factor, 2)
     first = asha_milestones(max_epochs, grace_period, reduction_factor, 1)
     return 2 if len(first) >= 2 and second == first else 1
+
+
+@dataclass(frozen=True)
+class Bracket:
+    """One ASHA bracket: the epochs below the end of the run at which it judges its trials
+    (where they evaluate a decay branch), and its share of the trials."""
+
+    rungs: tuple[int, ...]
+    weight: float
+
+
+def asha_bracket_plan(
+    max_epochs: int, grace_period: int, reduction_factor: int, brackets: int
+) -> tuple[Bracket, ...]:
+    """Each bracket's rungs and share, as Ray's ASHA weighs them (a softmax over the number
+    of rungs each bracket has, `AsyncHyperBandScheduler.on_trial_add`)."""
+    counts = [
+        max(0, _rung_count(max_epochs, grace_period, reduction_factor, s)) for s in range(brackets)
+    ]
+    weights = [math.exp(c - max(counts)) for c in counts]
+    return tuple(
+        Bracket(
+            rungs=tuple(
+                r
+                for r in (grace_period * reduction_factor ** (k + s) for k in range(counts[s]))
+                if r < max_epochs
+            ),
+            weight=weights[s] / sum(weights),
+        )
+        for s in range(brackets)
+    )
+
+
+def choose_bracket(plan: tuple[Bracket, ...], seed: int, trial_number: int) -> int:
+    """The bracket of the search's trial `trial_number`, drawn with Ray's shares but from the
+    search's seed and the trial's number: the same in a resumed search as in one never
+    stopped (Ray draws it anew each time a trial is added, a restored one too)."""
+    if len(plan) <= 1:
+        return 0
+    draw = random.Random(f"bracket-{seed}-{trial_number}").random()
+    total = 0.0
+    for index, bracket in enumerate(plan):
+        total += bracket.weight
+        if draw < total:
+            return index
+    return len(plan) - 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search_spaces import derive_seed, get_space
 from training.data import DataSplits
@@ -17,8 +17,11 @@ from tune.ray_compat import (
     restored_scheduler,
     use_ray_auth_mode,
 )
-from tune.rungs import asha_brackets, asha_milestones
+from tune.rungs import asha_bracket_plan, asha_brackets, asha_milestones
 from tune.settings import SearchSettings
+
+if TYPE_CHECKING:
+    from tune.trainable import TrialResources
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +196,10 @@ def make_tuner(
 ) -> Any:
     from ray import tune as ray_tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from tune.schedulers import SearchScheduler
     from tune.searcher import StudySearcher
     from tune.study import startup_trials
     from tune.time_budget import TimeBudget
@@ -221,7 +225,9 @@ def make_tuner(
         brackets = asha_brackets(
             settings.max_epochs, settings.grace_period, settings.reduction_factor
         )
-        scheduler = ASHAScheduler(
+        # Each trial's bracket is drawn by the searcher and kept in its config, where the
+        # scheduler reads it: a resumed trial stays in its bracket (tune.schedulers).
+        scheduler = SearchScheduler(
             time_attr="training_iteration",
             max_t=settings.max_epochs,
             grace_period=settings.grace_period,
@@ -242,7 +248,11 @@ def make_tuner(
             name=settings.name,
             n_startup_trials=startup_trials(settings.num_samples, len(space.starting_points)),
             rung_epochs=rungs,
+            brackets=asha_bracket_plan(
+                settings.max_epochs, settings.grace_period, settings.reduction_factor, brackets
+            ),
             time_budget_s=settings.time_budget_s,
+            reserve_rounds=finalist_rounds(settings, concurrency),
             warm_start=settings.warm_start,
         )
         param_space = {}
@@ -302,17 +312,22 @@ def _trainable(settings: SearchSettings, splits: DataSplits, log_level: int) -> 
         log_level=log_level,
         checkpoint_every_s=settings.checkpoint_every_s,
         precision=settings.precision,
+        gpus=settings.gpus_per_trial,
     )
+    # Per trial: a configuration retried alone after running out of memory on a shared GPU
+    # asks for a whole one (tune.trainable.RETRY_ALONE_KEY).
     return ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, data=trial_data, settings=trial_settings),
         trial_resources(settings),
     )
 
 
-def trial_resources(settings: SearchSettings) -> dict[str, float]:
+def trial_resources(settings: SearchSettings) -> TrialResources:
     """What Ray reserves for each trial: a GPU share gets the trial its own GPU (Ray sets
     CUDA_VISIBLE_DEVICES), so two GPUs in one machine each run trials."""
-    return {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    from tune.trainable import TrialResources
+
+    return TrialResources(cpus=settings.cpus_per_trial, gpus=settings.gpus_per_trial)
 
 
 def run_search(

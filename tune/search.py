@@ -114,6 +114,12 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
 
     try:
         storage, saved = open_storage(args)
+        if args.warm_start and saved is None and args.address is None:
+            # --warm-start refused before Ray starts: checked against the settings the local
+            # Ray will give (its GPUs are this machine's); on a cluster, once it is joined.
+            import torch
+
+            resolve_settings(args, storage, have_gpu=torch.cuda.is_available())
         data_path = saved.data if saved else args.data
         reading = time.perf_counter()
         logger.info(

@@ -13,7 +13,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from search_spaces import ask_fitting, derive_seed, get_space
+from search_spaces import CONSTANT_KEYS, ask_fitting, derive_seed, get_space
+from tune.rungs import Bracket, choose_bracket
+from tune.schedulers import BRACKET_KEY
 from tune.storage import ExperimentStorage
 from tune.study import (
     METRIC,
@@ -25,6 +27,7 @@ from tune.study import (
     tell_outcome,
 )
 from tune.time_budget import RungDeadline
+from tune.trainable import RETRY_ALONE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,9 @@ class StudySearcher(Searcher):
         name: str,
         n_startup_trials: int,
         rung_epochs: tuple[int, ...] = (),
+        brackets: tuple[Bracket, ...] = (),
         time_budget_s: float | None = None,
+        reserve_rounds: int = 0,
         warm_start: str | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode="max")
@@ -59,14 +64,29 @@ class StudySearcher(Searcher):
         # ASHA's rungs: every trial evaluates a decay branch at these epochs (what it would
         # reach if its schedule ended there), which is what the rungs compare.
         self.rung_epochs = tuple(rung_epochs)
+        # With several ASHA brackets, each trial's own: it evaluates branches only at its
+        # bracket's rungs (a branch at another bracket's rung is computed for nothing), and
+        # the scheduler (tune.schedulers) judges it in that bracket, also after a resume.
+        self.brackets = tuple(brackets)
         self.warm_start = warm_start  # an earlier experiment whose finished trials seed the study
-        # With --time-budget: no trial starts that cannot reach the first rung in time.
+        # With --time-budget: no trial starts that cannot reach the first rung before the
+        # trials stop (the budget less the `reserve_rounds` rounds of finalists' re-runs).
         self.deadline = (
-            RungDeadline(time_budget_s, storage_path, name, self.rung_epochs[0])
+            RungDeadline(
+                time_budget_s,
+                storage_path,
+                name,
+                min(self.rung_epochs),
+                reserve_rounds=reserve_rounds,
+                max_epochs=max_epochs,
+            )
             if time_budget_s and self.rung_epochs
             else None
         )
         self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        # (Optuna trial number, config) of configurations that ran out of memory on a GPU
+        # shared with other trials, to run again alone on a whole GPU before anything new.
+        self._retry_alone: list[tuple[int, dict[str, Any]]] = []
         self._study: optuna.Study | None = None
         self._live: dict[str, optuna.Trial] = {}  # Ray trial id -> its running Optuna trial
         self._pushed = 0.0
@@ -109,12 +129,16 @@ class StudySearcher(Searcher):
         return (metric in (None, METRIC)) and (mode in (None, "max"))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if getattr(self, "_retry_alone", None):
+            return self._retry(trial_id)
         if self.deadline is not None and not self.deadline.can_reach_first_rung():
             logger.info(
-                "no new trial: at %.0f s per epoch, one started now would not reach its first "
-                "rung (epoch %d) before --time-budget ends",
-                self.deadline.epoch_seconds(),
+                "no new trial: one started now would not reach its first rung (epoch %d, "
+                "%.0f s with its decay branch) before the trials stop (%.0f s into the "
+                "search: --time-budget less the finalists' reserve)",
                 self.deadline.first_rung,
+                self.deadline.first_rung_seconds(),
+                self.deadline.trials_stop_at_s(),
             )
             return Searcher.FINISHED
         trial, constants = ask_fitting(self.study, get_space(self.space), self.budget)
@@ -128,8 +152,16 @@ class StudySearcher(Searcher):
             **constants,
             "seed": derive_seed(self.seed, trial.number),
             "trial_number": trial.number,
-            "rung_epochs": list(self.rung_epochs),
+            **self._bracket_of(trial.number),
         }
+
+    def _bracket_of(self, number: int) -> dict[str, Any]:
+        """The trial's bracket and the rungs it evaluates decay branches at."""
+        brackets = getattr(self, "brackets", ())  # a searcher pickled before brackets existed
+        if not brackets:
+            return {"rung_epochs": list(self.rung_epochs)}
+        bracket = choose_bracket(brackets, self.seed, number)
+        return {BRACKET_KEY: bracket, "rung_epochs": list(brackets[bracket].rungs)}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if self.deadline is not None:
@@ -148,6 +180,21 @@ class StudySearcher(Searcher):
         number = self._numbers.get(trial_id)
         if number is None:
             return
+        if result and not error and result.get(RETRY_ALONE_KEY):
+            # Out of memory beside other trials: not the configuration's verdict yet. Its
+            # Optuna trial stays open for the retry alone, which tells the outcome.
+            config = {k: v for k, v in (result.get("config") or {}).items() if k != RETRY_ALONE_KEY}
+            self._retry_alone = [
+                *getattr(self, "_retry_alone", []),
+                (number, config or self._config_of(number)),
+            ]
+            self._live.pop(trial_id, None)
+            logger.warning(
+                "trial %d ran out of GPU memory on a GPU shared with other trials: it runs "
+                "again alone on a whole GPU before it may be called infeasible",
+                number,
+            )
+            return
         if result and not error and not result.get("failure") and METRIC in result:
             self.on_trial_result(trial_id, result)
         tell_outcome(self.study, number, result, error, self.max_epochs)
@@ -157,7 +204,10 @@ class StudySearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         """Which Ray trial is which Optuna trial, and the epoch times seen, as JSON (Ray names
         the file .pkl)."""
-        state: dict[str, Any] = {"numbers": self._numbers}
+        state: dict[str, Any] = {
+            "numbers": self._numbers,
+            "retry_alone": getattr(self, "_retry_alone", []),
+        }
         if self.deadline is not None:
             state["epoch_seconds"] = self.deadline.seen
         Path(checkpoint_path).write_text(json.dumps(state))
@@ -165,11 +215,37 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         saved = json.loads(Path(checkpoint_path).read_text())
         self._numbers = {trial_id: int(n) for trial_id, n in saved["numbers"].items()}
+        self._retry_alone = [(int(n), dict(c)) for n, c in saved.get("retry_alone", [])]
         if self.deadline is not None:
-            self.deadline.seen = [float(x) for x in saved.get("epoch_seconds", [])]
+            self.deadline.seen = [
+                RungDeadline.saved_epoch(x) for x in saved.get("epoch_seconds", [])
+            ]
         self._live = {}
 
     # --- helpers
+
+    def _retry(self, trial_id: str) -> dict[str, Any]:
+        """The next configuration to run again alone, as a new Ray trial of the same Optuna
+        trial (its epochs replace the first attempt's)."""
+        number, config = self._retry_alone.pop(0)
+        trial = running_trial(self.study, number)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        self._numbers[trial_id] = number
+        self._live[trial_id] = trial
+        logger.info("trial %d runs again alone on a whole GPU", number)
+        return {**config, RETRY_ALONE_KEY: True}
+
+    def _config_of(self, number: int) -> dict[str, Any]:
+        """A trial's config rebuilt from the study, as `suggest` made it."""
+        frozen = self.study.trials[number]
+        constants = {k: v for k, v in frozen.user_attrs.items() if k in CONSTANT_KEYS}
+        return {
+            **frozen.params,
+            **constants,
+            "seed": derive_seed(self.seed, number),
+            "trial_number": number,
+            **self._bracket_of(number),
+        }
 
     def _trial(self, trial_id: str) -> optuna.Trial | None:
         """The running Optuna trial of a Ray trial, reopened after a resume."""

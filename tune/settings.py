@@ -7,14 +7,14 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 from training.artifacts import write_json
 from tune.cli import FULL, REDUCED, UNLIMITED_SAMPLES, Defaults, UsageError
 from tune.rungs import default_grace_period
 from tune.storage import ExperimentStorage, is_uri
-from tune.study import STUDY_FILE
+from tune.study import STUDY_FILE, experiment_at
 
 logger = logging.getLogger(__name__)
 SETTINGS_FILE = "search_settings.json"
@@ -157,10 +157,8 @@ def resolve_settings(
         pick["num_samples"] = UNLIMITED_SAMPLES
     max_epochs = pick["max_epochs"]
     grace_period = pick["grace_period"] or default_grace_period(max_epochs)
-    if args.warm_start:
-        check_warm_start(storage, args.warm_start, args.space, max_epochs)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if have_gpu else 0.0)
-    return SearchSettings(
+    settings = SearchSettings(
         space=args.space,
         name=storage.name,
         storage_path=storage.storage_path,
@@ -187,29 +185,53 @@ def resolve_settings(
         warm_start=args.warm_start,
         precision=getattr(args, "precision", "auto"),
     )
+    if args.warm_start:
+        wanted = {key: getattr(settings, key) for key in WARM_START_MATCH}
+        warm_start = check_warm_start(storage, args.warm_start, wanted)
+        settings = replace(settings, warm_start=warm_start)
+    return settings
 
 
-def check_warm_start(
-    storage: ExperimentStorage, warm_start: str, space: str, max_epochs: int
-) -> None:
-    """--warm-start must name an experiment beside this one, of the same space and run
-    length: its trials' values mean the same only then."""
-    if warm_start == storage.name:
+# What must match between a search and the experiment it warm-starts from: its values mean
+# the same only then (`budget`: a trial's size is a share of it; `subset`, `data`, `seed`:
+# the images trained and validated on, the seed drawing the validation split).
+WARM_START_MATCH = ("space", "max_epochs", "budget", "subset", "data", "seed")
+_OPTION = {"space": "--space", "max_epochs": "--max-epochs", "budget": "--budget",
+           "subset": "--subset", "data": "--data", "seed": "--seed"}  # fmt: skip
+
+
+def check_warm_start(storage: ExperimentStorage, warm_start: str, wanted: dict) -> str:
+    """--warm-start must name (or be the path of) another finished experiment that searched
+    like this one (`wanted`: the WARM_START_MATCH settings of this search). Returns how the
+    settings keep it: its name when it is in this --storage-path, else its absolute path."""
+    other = experiment_at(storage.storage_path, warm_start)
+    if (other.storage_path, other.name) == (storage.storage_path, storage.name):
         raise UsageError(f"--warm-start {warm_start} is this experiment; name an earlier one")
-    other = ExperimentStorage(storage.storage_path, warm_start)
     if not other.pull(SETTINGS_FILE) or not other.pull(STUDY_FILE):
         raise UsageError(
             f"--warm-start: no finished experiment {warm_start!r} (its {SETTINGS_FILE} and "
-            f"{STUDY_FILE}) in {storage.storage_path}; name one in the same --storage-path"
+            f"{STUDY_FILE} in {other.uri}); pass the name of one in --storage-path "
+            f"{storage.storage_path}, or the path of its folder"
         )
     saved = json.loads((other.local_dir / SETTINGS_FILE).read_text())
-    if saved.get("space") != space or saved.get("max_epochs") != max_epochs:
+    differ = [key for key in WARM_START_MATCH if saved.get(key) != wanted.get(key)]
+    if differ:
+        theirs = " ".join(f"{_OPTION[k]} {_shown(saved.get(k))}" for k in differ)
+        ours = " ".join(f"{_OPTION[k]} {_shown(wanted.get(k))}" for k in differ)
         raise UsageError(
-            f"--warm-start {warm_start} searched space {saved.get('space')!r} with "
-            f"--max-epochs {saved.get('max_epochs')}, this search {space!r} with {max_epochs}: "
-            "its accuracies are not comparable; warm-start from an experiment of the same "
-            "space and --max-epochs, or pass those"
+            f"--warm-start {warm_start} searched with {theirs}, this search with {ours}: its "
+            "accuracies are not comparable with this search's; pass the same "
+            + ", ".join(_OPTION[k] for k in differ)
+            + f" ({theirs}), or warm-start from an experiment that searched like this one"
         )
+    same_storage = other.storage_path.rstrip("/") == storage.storage_path.rstrip("/")
+    return other.name if same_storage else other.uri
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "(none)"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def save_settings(settings: SearchSettings) -> None:

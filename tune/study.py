@@ -16,6 +16,7 @@ is `tune.searcher.StudySearcher`.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -136,18 +137,35 @@ def tell_outcome(
         study.tell(number, state=TrialState.PRUNED)
 
 
-def finished_trials(storage_path: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    """The COMPLETE and PRUNED trials of experiment `name` (in `storage_path`), ready for
-    another study's `add_trials` (--warm-start): parameters, values, intermediate values,
-    state and constraints kept, marked with a `warm_start` user attribute; the Ray trial ids
-    of the other experiment dropped."""
-    other = ExperimentStorage(storage_path, name)
+def experiment_at(storage_path: str, experiment: str) -> ExperimentStorage:
+    """The experiment --warm-start names: a name in `storage_path`, or the path (or URI) of
+    its folder anywhere (`experiments/NAME`, relative to the working folder)."""
+    if "/" not in experiment:
+        return ExperimentStorage(storage_path, experiment)
+    if "://" in experiment:
+        parent, _, name = experiment.rstrip("/").rpartition("/")
+        return ExperimentStorage(parent, name)
+    folder = Path(experiment).expanduser().resolve()
+    return ExperimentStorage(str(folder.parent), folder.name)
+
+
+def finished_trials(storage_path: str, experiment: str) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE and PRUNED trials of `experiment` (a name in `storage_path`, or a path:
+    `experiment_at`), ready for another study's `add_trials` (--warm-start): parameters,
+    values, intermediate values, state and constraints kept, marked with a `warm_start` user
+    attribute; the Ray trial ids of the other experiment dropped."""
+    other = experiment_at(storage_path, experiment)
     other.pull(STUDY_FILE)
-    study = optuna.load_study(study_name=name, storage=study_url(other))
+    url = study_url(other)
+    # The study is named after its experiment; a folder renamed since holds it by its old
+    # name, as the only study in its study.db.
+    names = optuna.get_all_study_names(storage=url)
+    study_name = other.name if other.name in names or len(names) != 1 else names[0]
+    study = optuna.load_study(study_name=study_name, storage=url)
     copies = []
     for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):
         attrs = {k: v for k, v in trial.user_attrs.items() if k != "ray_trial_id"}
-        trial.user_attrs = {**attrs, "warm_start": name}
+        trial.user_attrs = {**attrs, "warm_start": other.name}
         copies.append(trial)
     return copies
 

@@ -16,16 +16,20 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ray.tune.stopper import Stopper
 
 from training.artifacts import write_json
+from training.config import TrainConfig
 from tune.settings import CLOCK_FILE
 from tune.storage import ExperimentStorage
 
 WRITE_INTERVAL_S = 5.0  # how often the clock file is rewritten while the search runs
+# A decay branch's length as a share of the epochs before it, until one is seen.
+DECAY_FRACTION = TrainConfig.decay_fraction
 
 
 def elapsed_before(storage: ExperimentStorage) -> float:
@@ -34,6 +38,16 @@ def elapsed_before(storage: ExperimentStorage) -> float:
     if not path.exists():
         return 0.0
     return float(json.loads(path.read_text())["elapsed_s"])
+
+
+def finalists_reserve_s(
+    budget_s: float, reserve_rounds: int, max_epochs: int, epoch_seconds: float
+) -> float:
+    """The seconds the search leaves the finalists: `reserve_rounds` rounds of full trials of
+    `max_epochs` at `epoch_seconds` each, at most half the budget."""
+    if not reserve_rounds:
+        return 0.0
+    return min(budget_s / 2, reserve_rounds * max_epochs * epoch_seconds)
 
 
 class TimeBudget(Stopper):
@@ -71,10 +85,10 @@ class TimeBudget(Stopper):
     @property
     def reserve_s(self) -> float:
         """Seconds kept for the finalists: what their rounds of full trials will take."""
-        if not self.reserve_rounds or not self._epoch_seconds:
+        if not self._epoch_seconds:
             return 0.0
         per_epoch = statistics.median(self._epoch_seconds.values())
-        return min(self.budget_s / 2, self.reserve_rounds * self.max_epochs * per_epoch)
+        return finalists_reserve_s(self.budget_s, self.reserve_rounds, self.max_epochs, per_epoch)
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         iterations = result.get("training_iteration") or 0
@@ -100,49 +114,106 @@ class TimeBudget(Stopper):
 
 
 class RungDeadline:
-    """Whether a trial started now can reach ASHA's first rung before --time-budget ends,
-    judged from the epoch times seen so far. A trial stopped by the budget before its first
-    rung has taught ASHA nothing and TPE only that it was cut short, so the searcher starts
-    none that would be (trials already running still use the time that is left).
+    """Whether a trial started now can reach ASHA's first rung before the search's trials are
+    stopped, judged from the epoch times seen so far. A trial stopped before its first rung
+    has taught ASHA nothing and TPE only that it was cut short, so the searcher starts none
+    that would be (trials already running still use the time that is left).
 
-    The search's elapsed time is counted as `TimeBudget` counts it (across resumes, from
-    `search_clock.txt`); the epoch time is the median over the last RECENT epochs reported
-    (with their decay branches), which already includes the slowdown of trials sharing a
-    node. A trial's start-up (its worker, the data) is not counted."""
+    The trials stop where `TimeBudget` stops them: at --time-budget less the finalists'
+    reserve (`reserve_rounds` rounds of full trials of `max_epochs`). Reaching the first rung
+    takes its epochs and the decay branch evaluated there (a `decay_fraction` of the epochs
+    so far: training.loop.decay_branch_steps). The search's elapsed time is counted as
+    `TimeBudget` counts it (across resumes, from `search_clock.txt`); the times are those of
+    the last RECENT epochs reported, which already include the slowdown of trials sharing a
+    node: the median epoch, and the seconds per epoch of the branches among them. A trial's
+    start-up (its worker, the data) is not counted."""
 
     RECENT = 50
 
-    def __init__(self, budget_s: float, storage_path: str, name: str, first_rung: int) -> None:
+    def __init__(
+        self,
+        budget_s: float,
+        storage_path: str,
+        name: str,
+        first_rung: int,
+        reserve_rounds: int = 0,
+        max_epochs: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.budget_s, self.first_rung = budget_s, first_rung
+        self.reserve_rounds, self.max_epochs = reserve_rounds, max_epochs
         self.storage_path, self.name = storage_path, name
-        self.seen: list[float] = []  # seconds of recent epochs, branches included
+        self.clock = clock
+        # Recent epochs: [seconds of the epoch, seconds of its decay branch (0: none), the
+        # branch's length in epochs, the epoch's number].
+        self.seen: list[list[float]] = []
         self._start_clock()
 
     def _start_clock(self) -> None:
         self._before = elapsed_before(ExperimentStorage(self.storage_path, self.name))
-        self._started = time.monotonic()
+        self._started = self.clock()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled by Tuner.restore. A deadline saved before the reserve and the branches
+        # were counted reserves nothing and saw plain epoch seconds.
+        self.__dict__.update({"reserve_rounds": 0, "max_epochs": 0, "clock": time.monotonic})
         self.__dict__.update(state)
+        self.seen = [self.saved_epoch(x) for x in self.seen]
         self._start_clock()
+
+    @staticmethod
+    def saved_epoch(saved: Any) -> list[float]:
+        """One epoch as saved (a number: its seconds alone, as searchers before saved it)."""
+        if isinstance(saved, int | float):
+            return [float(saved), 0.0, 0.0, 0.0]
+        return [float(x) for x in saved]
 
     @property
     def elapsed_s(self) -> float:
-        return self._before + time.monotonic() - self._started
+        return self._before + self.clock() - self._started
 
     def observe(self, result: dict[str, Any]) -> None:
         if "epoch_seconds" not in result or result.get("failure"):
             return
-        seconds = float(result["epoch_seconds"]) + float(result.get("decay_branch_seconds", 0))
-        self.seen = [*self.seen, seconds][-self.RECENT :]
+        entry = [
+            float(result["epoch_seconds"]),
+            float(result.get("decay_branch_seconds", 0.0)),
+            float(result.get("decay_branch_epochs", 0.0)),
+            float(result.get("epoch", result.get("training_iteration", 0))),
+        ]
+        self.seen = [*self.seen, entry][-self.RECENT :]
 
     def epoch_seconds(self) -> float:
-        """Median seconds of an epoch seen so far; 0 before any."""
+        """Median seconds of a training epoch seen so far (branches apart); 0 before any."""
         if not self.seen:
             return 0.0
-        ordered = sorted(self.seen)
-        return ordered[len(ordered) // 2]
+        return statistics.median(e[0] for e in self.seen)
+
+    def first_rung_seconds(self) -> float:
+        """Seconds a trial started now needs to its first rung's decision: the epochs to it
+        and its decay branch. The branch's seconds per epoch and its length as a share of the
+        epochs so far are those of the branches seen, else a training epoch's and
+        DECAY_FRACTION."""
+        per_epoch = self.epoch_seconds()
+        branches = [e for e in self.seen if e[2] > 0]
+        if branches:
+            branch_per_epoch = sum(e[1] for e in branches) / sum(e[2] for e in branches)
+            share = statistics.median(e[2] / e[3] for e in branches if e[3] > 0)
+        else:
+            branch_per_epoch, share = per_epoch, DECAY_FRACTION
+        return self.first_rung * (per_epoch + share * branch_per_epoch)
+
+    def reserve_s(self) -> float:
+        """The finalists' reserve `TimeBudget` keeps, from the epochs seen (branches
+        included, as TimeBudget's seconds per epoch include them)."""
+        if not self.seen:
+            return 0.0
+        per_epoch = sum(e[0] + e[1] for e in self.seen) / len(self.seen)
+        return finalists_reserve_s(self.budget_s, self.reserve_rounds, self.max_epochs, per_epoch)
+
+    def trials_stop_at_s(self) -> float:
+        """When the search's trials stop: the budget less the finalists' reserve."""
+        return self.budget_s - self.reserve_s()
 
     def can_reach_first_rung(self) -> bool:
-        needed = self.first_rung * self.epoch_seconds()
-        return self.elapsed_s + needed <= self.budget_s
+        return self.elapsed_s + self.first_rung_seconds() <= self.trials_stop_at_s()

@@ -43,6 +43,16 @@ from tune.ray_compat import local_trial_dir
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
+# A trial config's flag: this configuration ran out of GPU memory beside other trials and
+# runs again alone, on a whole GPU (tune.searcher), before it may be called infeasible.
+RETRY_ALONE_KEY = "retry_alone"
+# What CUDA's libraries say when they cannot allocate: cuDNN and cuBLAS raise a plain
+# RuntimeError (not torch.cuda.OutOfMemoryError) when the memory others hold leaves them none.
+OUT_OF_MEMORY_MARKERS = (
+    "CUDA out of memory",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+)
 TENSORBOARD_DIR = "tensorboard"  # inside each trial's folder
 TIMES_FILE = "trial_times.json"  # inside each trial's folder: started_at, ended_at, pid
 
@@ -60,6 +70,30 @@ class TrialSettings:
     # Every trial's TrainConfig.precision: "auto" chooses by the trial's device
     # (training.precision); each epoch's metrics say what it chose.
     precision: str = "auto"
+    # The share of a GPU each trial asks for (--gpus-per-trial): below 1, trials are packed
+    # on a GPU, and one that runs out of memory there is retried alone.
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What a trial asks Ray for (`ray.tune.with_resources` calls it with the trial's
+    config): its CPUs and its share of a GPU, or a whole GPU for a retry alone."""
+
+    cpus: float
+    gpus: float
+
+    def __call__(self, config: dict[str, Any]) -> Any:
+        gpus = max(1.0, self.gpus) if config.get(RETRY_ALONE_KEY) and self.gpus > 0 else self.gpus
+        bundle = {"CPU": self.cpus, **({"GPU": gpus} if gpus > 0 else {})}
+        return ray_tune.PlacementGroupFactory([bundle])
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError, or a CUDA library's allocation failure (a RuntimeError)."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in OUT_OF_MEMORY_MARKERS)
 
 
 @dataclass(frozen=True)
@@ -217,6 +251,12 @@ class EpochReporter:
             self.seconds += time.perf_counter() - started
 
 
+def use_gpu_shared(settings: TrialSettings, config: dict[str, Any]) -> bool:
+    """Whether the trial trains on a GPU that other trials may share: a share below one,
+    and not a retry alone."""
+    return 0 < settings.gpus < 1 and not config.get(RETRY_ALONE_KEY)
+
+
 def run_trial(
     config: dict[str, Any], data: DataSplits | TrialData, settings: TrialSettings
 ) -> None:
@@ -251,7 +291,11 @@ def run_trial(
     # was often lost: on local storage, write the logs in place, where nothing needs a sync.
     trial_dir = local_trial_dir()
     tb_dir = str(trial_dir / TENSORBOARD_DIR) if trial_dir else TENSORBOARD_DIR
-    planned = faults.planned_faults(config.get("trial_number"))
+    planned = [
+        fault
+        for fault in faults.planned_faults(config.get("trial_number"))
+        if use_gpu_shared(settings, config) or not fault.get("shared_only")
+    ]
     writer = SummaryWriter(tb_dir, purge_step=start_epoch + 1)
     hp = {k: _hparam_value(v) for k, v in raw_params(config).items()}
     hp.update(
@@ -284,20 +328,31 @@ def run_trial(
 
     try:
         train(arch, cfg, splits, report=report, device=device, resume=resume)
-    except (NonFiniteLossError, torch.cuda.OutOfMemoryError) as e:
-        # Retrying cannot help (the same configuration fails the same way), so the trial
-        # ends here with its reason, which the searcher tells Optuna as a failed region
-        # (tune.study.tell_outcome). Its val_acc is NaN, not 0: ASHA's cut is a percentile
-        # that ignores NaN, so a failure never lowers a rung's bar for the others.
+    except (NonFiniteLossError, RuntimeError) as e:
+        out_of_memory = is_out_of_memory(e)
+        if not out_of_memory and not isinstance(e, NonFiniteLossError):
+            raise  # a bug, or a lost device: Ray retries the trial (FailureConfig)
+        # Retrying in the same place cannot help (the same configuration fails the same
+        # way), so the trial ends here with its reason, which the searcher tells Optuna as a
+        # failed region (tune.study.tell_outcome). Its val_acc is NaN, not 0: ASHA's cut is a
+        # percentile that ignores NaN, so a failure never lowers a rung's bar for the others.
+        # Out of memory on a GPU shared with other trials may be theirs: the searcher runs it
+        # again alone on a whole GPU first (RETRY_ALONE_KEY).
         reason = f"{type(e).__name__}: {e}"
-        if isinstance(e, torch.cuda.OutOfMemoryError):
+        shared = use_gpu_shared(settings, config)
+        failure = {"params": params, "val_acc": math.nan, "failure": reason}
+        if out_of_memory and shared:
+            reason += f" (batch size {cfg.batch_size}, {params:,} parameters, on a GPU shared "
+            reason += "with other trials: retried alone on a whole GPU)"
+            failure.update(failure=reason, **{RETRY_ALONE_KEY: True})
+        elif out_of_memory:
             reason += (
-                f" (batch size {cfg.batch_size}, {params:,} parameters; give each trial more "
-                "GPU memory with a larger --gpus-per-trial)"
+                f" (batch size {cfg.batch_size}, {params:,} parameters"
+                + (", alone on a whole GPU" if config.get(RETRY_ALONE_KEY) else "")
+                + "; give each trial more GPU memory with a larger --gpus-per-trial)"
             )
-        ray_tune.report(
-            {**last, **node_info, "params": params, "val_acc": math.nan, "failure": reason}
-        )
+            failure.update(failure=reason)
+        ray_tune.report({**last, **node_info, **failure})
     finally:
         writer.file_writer.add_summary(end_info)
         writer.close()
