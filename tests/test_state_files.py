@@ -1,0 +1,181 @@
+"""Damaged experiment state: each state file is checked before a resume, a damaged one is
+restored from its last good copy, and one without a copy stops the command with one message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tune.state_files import (
+    SNAPSHOT_DIR,
+    DamagedExperiment,
+    check_and_restore,
+    keep_good_copies,
+    problem,
+    recover,
+    state_files,
+)
+
+NAME = "exp"
+
+
+def _study(path: Path, trials: int = 3) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=NAME, storage=f"sqlite:///{path}")
+    for i in range(trials):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": float(i)},
+                distributions={"x": optuna.distributions.FloatDistribution(0, 10)},
+                value=float(i),
+            )
+        )
+
+
+def make_experiment(root: Path) -> Path:
+    """An experiment folder with one file of each kind, as a search leaves them."""
+    root.mkdir(parents=True)
+    (root / "tuner.pkl").write_bytes(pickle.dumps({"tuner": list(range(50))}))
+    (root / "experiment_state-2026-12-05_05-23-08.json").write_text(
+        json.dumps({"trial_data": [["x" * 50, "y"]] * 5})
+    )
+    (root / "search_gen_state-2026-12-05_05-23-08.json").write_bytes(
+        pickle.dumps({"counter": 4, "finished": False})
+    )
+    (root / "searcher-state-2026-12-05_05-23-08.pkl").write_text(
+        json.dumps({"numbers": {"abc": 0, "def": 1}})
+    )
+    (root / "search_settings.json").write_text(json.dumps({"space": "tiny", "num_samples": 4}))
+    _study(root / "study.db")
+    trial = root / "trial_abc"
+    (trial / "checkpoint_000002").mkdir(parents=True)
+    (trial / "params.pkl").write_bytes(pickle.dumps({"lr": 0.1, "trial_number": 0}))
+    (trial / "params.json").write_text(json.dumps({"lr": 0.1, "trial_number": 0}))
+    with zipfile.ZipFile(trial / "checkpoint_000002" / "checkpoint.pt", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(list(range(2000))))
+    (trial / "result.json").write_text('{"val_acc": 0.5}\n')
+    return root
+
+
+FILES = [
+    "tuner.pkl",
+    "experiment_state-2026-12-05_05-23-08.json",
+    "search_gen_state-2026-12-05_05-23-08.json",
+    "searcher-state-2026-12-05_05-23-08.pkl",
+    "search_settings.json",
+    "study.db",
+    "trial_abc/params.pkl",
+    "trial_abc/params.json",
+    "trial_abc/checkpoint_000002/checkpoint.pt",
+]
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(b"\x07garbage" * 64)
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "missing":
+        path.unlink()
+
+
+def test_every_state_file_of_an_experiment_is_found_and_reads_back_whole(tmp_path: Path) -> None:
+    root = make_experiment(tmp_path / NAME)
+    found = {f.path: f.kind for f in state_files(root)}
+    assert sorted(found) == sorted(FILES)  # result.json is a log, not state
+    assert found["search_gen_state-2026-12-05_05-23-08.json"] == "pickle"  # whatever its name
+    assert all(problem(root / f, k) is None for f, k in found.items())
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "missing"])
+@pytest.mark.parametrize("relative", FILES)
+def test_a_damaged_file_with_a_good_copy_is_restored_from_it(
+    tmp_path: Path, relative: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_experiment(tmp_path / NAME)
+    assert keep_good_copies(root, {}) == len(FILES)
+    original = (root / relative).read_bytes()
+    damage(root / relative, how)
+    kind = {f.path: f.kind for f in state_files(root / SNAPSHOT_DIR)}[relative]
+    assert problem(root / relative, kind) is not None
+    with caplog.at_level(logging.WARNING):
+        assert recover(root) == [relative]
+    assert problem(root / relative, kind) is None
+    if relative != "study.db":  # copied through SQLite's backup API: same data, other bytes
+        assert (root / relative).read_bytes() == original
+    else:
+        assert (
+            len(optuna.load_study(study_name=NAME, storage=f"sqlite:///{root / relative}").trials)
+            == 3
+        )
+    assert "restored it from its last good copy" in caplog.text and relative in caplog.text
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("relative", FILES)
+def test_a_damaged_file_without_a_copy_stops_with_one_message(
+    tmp_path: Path, relative: str, how: str
+) -> None:
+    root = make_experiment(tmp_path / NAME)
+    damage(root / relative, how)
+    with pytest.raises(DamagedExperiment) as raised:
+        recover(root)
+    e = raised.value
+    assert list(e.damaged) == [relative]
+    text = e.message("python -m tune.search --space tiny --warm-start exp --name exp-continued")
+    assert str(root / relative) in text
+    if relative != "study.db":
+        assert "the Optuna study (study.db: 3 trials: 3 complete)" in text
+        assert e.can_warm_start == (relative != "search_settings.json")
+    else:
+        assert "study.db:" not in text.split("Intact:")[1] and not e.can_warm_start
+    assert "trial checkpoint(s)" in text and "--warm-start exp" in text
+
+
+@pytest.mark.parametrize("relative", ["tuner.pkl", "search_gen_state-2026-12-05_05-23-08.json"])
+def test_a_missing_ray_file_without_a_copy_is_damage(tmp_path: Path, relative: str) -> None:
+    root = make_experiment(tmp_path / NAME)
+    damage(root / relative, "missing")
+    with pytest.raises(DamagedExperiment, match="missing"):
+        recover(root)
+
+
+def test_a_damaged_file_is_never_kept_as_a_good_copy(tmp_path: Path) -> None:
+    root = make_experiment(tmp_path / NAME)
+    original = (root / "tuner.pkl").read_bytes()
+    seen: dict = {}
+    keep_good_copies(root, seen)
+    damage(root / "tuner.pkl", "truncated")
+    assert keep_good_copies(root, seen) == 0  # changed, but not whole: the old copy stays
+    assert (root / SNAPSHOT_DIR / "tuner.pkl").read_bytes() == original
+    assert recover(root) == ["tuner.pkl"]
+
+
+def test_a_new_experiment_has_nothing_to_check(tmp_path: Path) -> None:
+    (tmp_path / NAME).mkdir()
+    assert recover(tmp_path / NAME) == []
+    assert check_and_restore(tmp_path / "not-there").damaged == {}
+
+
+def test_a_database_being_written_is_copied_consistently(tmp_path: Path) -> None:
+    root = make_experiment(tmp_path / NAME)
+    conn = sqlite3.connect(root / "study.db")
+    conn.execute("BEGIN IMMEDIATE")  # the study mid-transaction
+    conn.execute("UPDATE trials SET state = 'RUNNING'")
+    keep_good_copies(root, {})
+    conn.rollback()
+    conn.close()
+    copy = root / SNAPSHOT_DIR / "study.db"
+    states = sqlite3.connect(copy).execute("SELECT DISTINCT state FROM trials").fetchall()
+    assert states == [("COMPLETE",)]
