@@ -7,13 +7,31 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import shlex
+import shutil
+import signal
 import sqlite3
+import time
+import uuid
 import zipfile
 from pathlib import Path
 
 import optuna
 import pytest
 
+from tests.conftest import write_python_batches
+from tests.searchrun import (
+    SEARCH_TIMEOUT,
+    check_ok,
+    cli,
+    kill,
+    read_results,
+    read_table,
+    run_as_user,
+    search,
+    start,
+    trial_dirs,
+)
 from tune.state_files import (
     SNAPSHOT_DIR,
     DamagedExperiment,
@@ -61,7 +79,7 @@ def make_experiment(root: Path) -> Path:
     (trial / "params.json").write_text(json.dumps({"lr": 0.1, "trial_number": 0}))
     with zipfile.ZipFile(trial / "checkpoint_000002" / "checkpoint.pt", "w") as z:
         z.writestr("archive/data.pkl", pickle.dumps(list(range(2000))))
-    (trial / "result.json").write_text('{"val_acc": 0.5}\n')
+    (trial / "result.json").write_text('{"val_acc": 0.5, "epoch": 1}\n' * 3)
     return root
 
 
@@ -75,6 +93,7 @@ FILES = [
     "trial_abc/params.pkl",
     "trial_abc/params.json",
     "trial_abc/checkpoint_000002/checkpoint.pt",
+    "trial_abc/result.json",
 ]
 
 
@@ -93,13 +112,24 @@ def damage(path: Path, how: str) -> None:
 def test_every_state_file_of_an_experiment_is_found_and_reads_back_whole(tmp_path: Path) -> None:
     root = make_experiment(tmp_path / NAME)
     found = {f.path: f.kind for f in state_files(root)}
-    assert sorted(found) == sorted(FILES)  # result.json is a log, not state
+    assert sorted(found) == sorted(FILES)
     assert found["search_gen_state-2026-12-05_05-23-08.json"] == "pickle"  # whatever its name
     assert all(problem(root / f, k) is None for f, k in found.items())
 
 
-@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "missing"])
-@pytest.mark.parametrize("relative", FILES)
+def _damages(hows: list[str]) -> list[tuple[str, str]]:
+    # An empty result.json is whole: a trial that has not reported yet.
+    return [
+        (f, how)
+        for f in FILES
+        for how in hows
+        if not (f.endswith("result.json") and how == "empty")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("relative", "how"), _damages(["truncated", "garbage", "empty", "missing"])
+)
 def test_a_damaged_file_with_a_good_copy_is_restored_from_it(
     tmp_path: Path, relative: str, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -122,8 +152,7 @@ def test_a_damaged_file_with_a_good_copy_is_restored_from_it(
     assert "restored it from its last good copy" in caplog.text and relative in caplog.text
 
 
-@pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
-@pytest.mark.parametrize("relative", FILES)
+@pytest.mark.parametrize(("relative", "how"), _damages(["truncated", "garbage", "empty"]))
 def test_a_damaged_file_without_a_copy_stops_with_one_message(
     tmp_path: Path, relative: str, how: str
 ) -> None:
@@ -179,3 +208,111 @@ def test_a_database_being_written_is_copied_consistently(tmp_path: Path) -> None
     copy = root / SNAPSHOT_DIR / "study.db"
     states = sqlite3.connect(copy).execute("SELECT DISTINCT state FROM trials").fetchall()
     assert states == [("COMPLETE",)]
+
+
+# --- end to end: a search killed, a file cut in half, the same command again -----------------
+
+
+def _killed_search(tmp_path: Path, data_dir: Path, name: str) -> tuple[list[str], Path]:
+    """A tiny search SIGTERM'd once two trials have finished; its args and folder."""
+    args = cli(
+        space="tiny",
+        data=data_dir,
+        num_samples=4,
+        max_epochs=3,
+        grace_period=3,  # ASHA stops none
+        subset=200,
+        finalists=0,
+        skip_retrain=True,
+        cpus_per_trial=2,  # one trial at a time
+        checkpoint_every=0,
+        storage_path=tmp_path / "exp",
+        name=name,
+    )
+    exp = tmp_path / "exp" / name
+    marker = uuid.uuid4().hex
+    out = tmp_path / "first"
+    proc = start(args, out, marker)
+    deadline = time.monotonic() + SEARCH_TIMEOUT
+
+    def finished() -> int:
+        return sum(1 for d in trial_dirs(exp) if len(read_results(d)) >= 3)
+
+    while proc.poll() is None and finished() < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, (out / "stderr.txt").read_text()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        kill(proc, marker)
+    return args, exp
+
+
+def _cut_in_half(exp: Path, pattern: str) -> Path:
+    [path] = sorted(exp.glob(pattern))[-1:]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return write_python_batches(tmp_path / "data", n_train=400, n_test=100)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "pattern", ["tuner.pkl", "experiment_state-*.json", "search_gen_state-*.json", "study.db"]
+)
+def test_a_search_killed_with_a_file_cut_in_half_resumes_from_its_good_copy(
+    tmp_path: Path, data_dir: Path, pattern: str
+) -> None:
+    args, exp = _killed_search(tmp_path, data_dir, "cut")
+    damaged = _cut_in_half(exp, pattern)
+    run = search(args, tmp_path / "again")
+    check_ok(run)
+    assert f"{damaged} was damaged" in run.stderr and "restored it" in run.stderr
+    # Nothing lost, nothing repeated: 4 trials, each once in the study and the table, with
+    # the same epochs and values in both.
+    table = read_table(exp)
+    assert len(table) == 4 and table["config/trial_number"].is_unique
+    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{exp}/study.db")
+    assert sorted(t.number for t in study.trials) == sorted(table["config/trial_number"])
+    by_number = {t.number: t for t in study.trials}
+    for row in table.to_dict("records"):
+        trial = by_number[row["config/trial_number"]]
+        assert row["status"] == "completed" and trial.state.name == "COMPLETE", row["trial_id"]
+        epochs = {r["training_iteration"]: r["val_acc"] for r in read_results(Path(row["path"]))}
+        assert trial.intermediate_values == epochs, row["trial_id"]
+        assert trial.value == pytest.approx(row["score"])
+
+
+@pytest.mark.slow
+def test_a_damaged_file_without_a_copy_stops_a_users_resume_with_one_message(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    args, exp = _killed_search(tmp_path, data_dir, "nocopy")
+    shutil.rmtree(exp / SNAPSHOT_DIR)
+    damaged = _cut_in_half(exp, "experiment_state-*.json")
+    run = run_as_user(["-m", "tune.search", *args], tmp_path / "again", tmp_path / "home", 120)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr + run.stdout
+    [line] = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert str(damaged) in line and "cannot be resumed" in line
+    assert "the Optuna study (study.db:" in line and "trial checkpoint(s)" in line
+    carry_on = shlex.split(line.split(": ")[-1])
+    assert carry_on[1:3] == ["-m", "tune.search"]
+    assert carry_on[carry_on.index("--warm-start") + 1] == "nocopy"
+    assert "starting Ray" not in run.stderr + run.stdout  # stopped before Ray starts
+
+
+def test_the_copy_of_a_checkpoint_ray_replaced_is_dropped(tmp_path: Path) -> None:
+    root = make_experiment(tmp_path / NAME)
+    seen: dict = {}
+    keep_good_copies(root, seen)
+    trial = root / "trial_abc"
+    (trial / "checkpoint_000002").rename(trial / "checkpoint_000003")  # Ray's next one
+    keep_good_copies(root, seen)
+    copies = root / SNAPSHOT_DIR / "trial_abc"
+    assert sorted(p.name for p in copies.iterdir() if p.is_dir()) == ["checkpoint_000003"]

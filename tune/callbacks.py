@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +37,23 @@ class StopWhenSignalled(Callback):
 
 class StateSnapshots(Callback):
     """Keeps a last good copy of each state file of the experiment folder `root` (and its
-    finalists/ and baseline/ runs): at each trial result and checkpoint (the study changes
-    with each), each trial's end, each save of Ray's experiment state (its `get_state`
+    finalists/ and baseline/ runs): after each trial result and checkpoint (the searcher has
+    told the study by then), each trial's end, each save of Ray's experiment state (its `get_state`
     call), and the run's end. A copy is taken only of a file that changed and reads back
     whole; Ray's own files are written (or synced) a moment before the copy is taken, so a
     copy may lag them by a save, never hold half of one."""
 
-    MIN_INTERVAL_S = 1.0  # between two rounds of copies on trial results
-
     def __init__(self, root: str | Path) -> None:
         self.root = str(root)
         self._seen: dict[str, tuple[int, int]] = {}
-        self._last = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into tuner.pkl: what was copied in this process means nothing in the next.
-        return {"root": self.root, "_seen": {}, "_last": 0.0}
+        return {"root": self.root, "_seen": {}}
 
-    def _keep(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._last < self.MIN_INTERVAL_S:
-            return
-        self._last = time.monotonic()
+    def _keep(self) -> None:
+        # Only files that changed are copied (the study, after each result: a copy that
+        # lagged it would lose that epoch's value if it had to be restored).
         try:
             keep_good_copies(Path(self.root), self._seen)
         except OSError as e:  # a full disk must not end the search; the copies just lag
@@ -74,16 +69,16 @@ class StateSnapshots(Callback):
     def on_checkpoint(
         self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
     ) -> None:
-        self._keep(force=True)
+        self._keep()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._keep(force=True)
+        self._keep()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._keep(force=True)
+        self._keep()
 
     def get_state(self) -> dict | None:
-        self._keep(force=True)
+        self._keep()
         return None  # nothing of ours to save in Ray's experiment state
 
 

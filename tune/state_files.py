@@ -23,10 +23,12 @@ The files, by how they are read (measured on a search of the pinned Ray, 2.60):
 | `search_settings.json`, `search_clock.txt` | this project | JSON |
 | `trial_*/params.pkl`, `trial_*/params.json` | Ray, once per trial | pickle, JSON |
 | `trial_*/checkpoint_*/checkpoint.pt` | the trials | torch's zip |
+| `trial_*/result.json` | Ray, a line per epoch | JSON lines |
 
-The same Ray files in `finalists/` and `baseline/`, the experiment's other Ray runs. A
-trial's `result.json` and `progress.csv` are logs that Ray appends to and does not read on a
-resume; they are not state.
+The same Ray files in `finalists/` and `baseline/`, the experiment's other Ray runs. Ray does
+not read a trial's `params.pkl` or `result.json` to resume, but the results table reads
+`result.json` (a cut one loses that trial's history from it: "Failed to fetch metrics"), so
+it is kept too. `progress.csv` holds the same and is not read when `result.json` is whole.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ _RAY_FILES = (
     ("trial_*/params.pkl", "pickle"),
     ("trial_*/params.json", "json"),
     ("trial_*/checkpoint_*/checkpoint.pt", "zip"),
+    ("trial_*/result.json", "json lines"),
 )
 _OWN_FILES = (
     ("study.db", "sqlite"),
@@ -139,6 +142,15 @@ def _check_json(data: bytes) -> None:
     json.loads(data)
 
 
+def _check_json_lines(data: bytes) -> None:
+    """Empty is whole (a trial that has not reported yet); else every line parses and the
+    last one ends."""
+    if data and not data.endswith(b"\n"):
+        raise ValueError("the last line is cut off")
+    for line in data.splitlines():
+        json.loads(line)
+
+
 def _check_sqlite(path: Path) -> None:
     if path.stat().st_size == 0:
         raise ValueError("empty")
@@ -179,6 +191,8 @@ def problem(path: Path, kind: str) -> str | None:
                 _check_pickle(data)
             elif kind == "json":
                 _check_json(data)
+            elif kind == "json lines":
+                _check_json_lines(data)
             elif data[:1] == b"\x80":  # "json or pickle": a pickle begins with PROTO
                 _check_pickle(data)
             else:
@@ -242,7 +256,8 @@ def keep_good_copies(root: Path, seen: dict[str, tuple[int, int]]) -> int:
             copied += 1
     # Ray keeps one checkpoint a trial: once a newer one is copied, the older copy goes.
     kept = {f.path for f in present}
-    for old in copies.glob("*trial_*/checkpoint_*/checkpoint.pt"):
+    pattern = "trial_*/checkpoint_*/checkpoint.pt"
+    for old in [*copies.glob(pattern), *copies.glob(f"*/{pattern}")]:
         relative = old.relative_to(copies).as_posix()
         trial = old.parent.parent
         newer = [c for c in trial.glob("checkpoint_*") if c.name > old.parent.name]
