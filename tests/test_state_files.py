@@ -316,3 +316,24 @@ def test_the_copy_of_a_checkpoint_ray_replaced_is_dropped(tmp_path: Path) -> Non
     keep_good_copies(root, seen)
     copies = root / SNAPSHOT_DIR / "trial_abc"
     assert sorted(p.name for p in copies.iterdir() if p.is_dir()) == ["checkpoint_000003"]
+
+
+def test_the_command_that_carries_on_starts_a_new_experiment_warm_started_where_it_can(
+    tmp_path: Path,
+) -> None:
+    from tune.search import carry_on_command
+
+    root = make_experiment(tmp_path / NAME)
+    argv = ["--space", "tiny", "--name", NAME, "--resume", "--num-samples", "4"]
+    damage(root / "tuner.pkl", "truncated")
+    with pytest.raises(DamagedExperiment) as raised:
+        recover(root)
+    command = shlex.split(carry_on_command(argv, raised.value))
+    assert command[3:] == ["--space", "tiny", "--num-samples", "4", "--warm-start", NAME] + [
+        "--name",
+        f"{NAME}-continued",
+    ]
+    damage(root / "study.db", "garbage")
+    with pytest.raises(DamagedExperiment) as raised:
+        recover(root)
+    assert "--warm-start" not in carry_on_command(argv, raised.value)

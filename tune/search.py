@@ -17,7 +17,6 @@ import logging
 import shlex
 import sys
 import time
-from typing import Any
 
 from training.logs import configure_logging, level_from_flags, project_level
 from tune.cli import (
@@ -30,6 +29,7 @@ from tune.cli import (
     validate_args,
 )
 from tune.interrupt import SearchInterrupted, StopSignals
+from tune.state_files import DamagedExperiment
 
 logger = logging.getLogger("tune.search")
 
@@ -44,7 +44,7 @@ def resume_command(argv: list[str], name: str) -> str:
     return command_line("tune.search", *args)
 
 
-def carry_on_command(argv: list[str], damaged: Any) -> str:
+def carry_on_command(argv: list[str], damaged: DamagedExperiment) -> str:
     """The command that starts a new experiment in place of a damaged one: the same options
     without --name/--resume, warm-started from it where its study is whole."""
     args, skip = [], False
@@ -121,7 +121,6 @@ def search(
         trial_concurrency,
     )
     from tune.settings import open_storage, resolve_settings, save_settings
-    from tune.state_files import DamagedExperiment
     from tune.storage import StorageError
 
     try:
