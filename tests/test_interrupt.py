@@ -213,9 +213,101 @@ def test_inside_ray_tune_the_first_signal_asks_ray_tune_to_stop() -> None:
         stop.install()
         signal.signal(signal.SIGUSR1, lambda sig, frame: asked.append(sig))  # as Ray Tune does
         with stop.during_fit():
+            assert not stop.loop_started()  # Ray Tune's loop begins (our callback's setup)
             signal.raise_signal(signal.SIGINT)  # no exception: Ray Tune stops its loop
         assert asked == [signal.SIGUSR1]
         assert stop.interrupted and stop.name == "SIGINT"
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def test_between_two_ray_tune_runs_a_signal_is_not_lost_to_the_previous_runs_handler() -> None:
+    """Ray Tune leaves its SIGUSR1 handler in place after a run; a Ctrl-C while the next run
+    is prepared (before its loop starts) must stop the command, not that stale handler."""
+    stop = StopSignals()
+    stale = []
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    }
+    try:
+        stop.install()
+        signal.signal(signal.SIGUSR1, lambda sig, frame: stale.append(sig))  # the last run's
+        with pytest.raises(SearchInterrupted), stop.during_fit():
+            signal.raise_signal(signal.SIGINT)  # the next run's Tuner is being restored
+        assert stale == [] and stop.name == "SIGINT"
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def test_after_a_run_our_handlers_are_back_and_a_signal_noted_before_the_loop_reaches_it() -> None:
+    stop = StopSignals()
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    }
+    try:
+        stop.install()
+        with stop.during_fit():
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # as a run may leave it
+            with stop.deferred():  # inside Ray's core: only noted
+                signal.raise_signal(signal.SIGTERM)
+            assert stop.loop_started()  # the callback passes it on to Ray Tune's loop
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+        with pytest.raises(SearchInterrupted):
+            stop.raise_if_interrupted()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+BOUNDARY_OPTIONS = {
+    # boundary: what the search must run to get there
+    "baselines": {},
+    "search": {},
+    "finalists": {"finalists": 1, "finalist_seeds": 1},
+    "retrain": {"skip_retrain": False},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("boundary", list(BOUNDARY_OPTIONS))
+def test_one_ctrl_c_at_each_boundary_between_ray_runs_stops_the_command(
+    tmp_path: Path, data_dir: Path, boundary: str
+) -> None:
+    """A real Ctrl-C (SIGINT to the process group) while the command pauses at a boundary
+    (RESNET_TUNE_PAUSE_AT, tune.faults.pause_at): exit 130 within seconds with the resume
+    line, whichever Ray run came before."""
+    name = f"pause-{boundary}"
+    options = {
+        "space": "tiny",
+        "data": data_dir,
+        "num_samples": 2,
+        "max_epochs": 2,
+        "subset": 200,
+        "finalists": 0,
+        "skip_retrain": True,
+        "retrain_seeds": 1,
+        "retrain_epochs": 30,
+        "cpus_per_trial": 2,
+        "storage_path": tmp_path / "exp",
+        "name": name,
+        **BOUNDARY_OPTIONS[boundary],
+    }
+    args = cli(**{k: v for k, v in options.items() if v is not False})
+    paused = tmp_path / "paused"
+    marker = uuid.uuid4().hex
+    out = tmp_path / "run"
+    proc = start(
+        args,
+        out,
+        marker,
+        {"RESNET_TUNE_PAUSE_AT": boundary, "RESNET_TUNE_PAUSE_FILE": str(paused)},
+    )
+    _wait_for(paused.exists, proc, out, f"it paused at {boundary}")
+    seconds = _signal_and_wait(proc, marker, signal.SIGINT)
+    stderr = (out / "stderr.txt").read_text()
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert seconds < STOP_WITHIN_S, seconds
+    assert _resume_line(stderr)[3:] == args
+    assert not (tmp_path / "exp" / name / "report.md").exists()

@@ -14,6 +14,9 @@ not its retry alone.
 `trial` is the Optuna trial number (the order of suggestion, from 0); `epoch` is the epoch
 after which the fault strikes. A kill strikes once per trial (a marker file in the trial's
 folder remembers it), so the restarted trial runs on. Unset, this module does nothing.
+
+RESNET_TUNE_PAUSE_AT=<boundary> (`pause_at`) makes the search command pause at one of its
+boundaries between steps, so a drill can send a real Ctrl-C exactly there.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +64,26 @@ def strike(
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (fault drill)")
         elif fault["kind"] == "cudnn_oom":
             raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED (fault drill)")
+
+
+PAUSE_ENV = "RESNET_TUNE_PAUSE_AT"  # a boundary of the search command (BOUNDARIES)
+PAUSE_FILE_ENV = "RESNET_TUNE_PAUSE_FILE"  # written when the pause begins
+PAUSE_S = 60.0
+# Where the search command passes from one step to the next: before the seed baselines' run,
+# before the search's run (after its Tuner is restored or made), before the finalists' run,
+# and in the retrain (its data put in Ray's object store, its tasks not yet started).
+BOUNDARIES = ("baselines", "search", "finalists", "retrain")
+
+
+def pause_at(boundary: str) -> None:
+    """With RESNET_TUNE_PAUSE_AT=`boundary`: write RESNET_TUNE_PAUSE_FILE and sleep
+    PAUSE_S, as slow work at that boundary would, so a drill can send a signal there and
+    know when. Unset, or another boundary: nothing."""
+    if os.environ.get(PAUSE_ENV) != boundary:
+        return
+    marker = os.environ.get(PAUSE_FILE_ENV)
+    if marker:
+        Path(marker).write_text(f"paused at {boundary}\n")
+    deadline = time.monotonic() + PAUSE_S
+    while time.monotonic() < deadline:  # in slices, as work that does not check for a stop
+        time.sleep(0.1)

@@ -21,6 +21,7 @@ from training.config import cap_batch_size
 from training.data import DataSplits, ImageSet
 from training.logs import project_level
 from tune.compare import MATCHING, matching_command, setting_differences
+from tune.faults import pause_at
 from tune.interrupt import get_interruptibly
 from tune.results import (
     TrialRecord,
@@ -366,6 +367,7 @@ def retrain_best(
         f"{settings.storage.uri}/{out}"
     )
     started = time.perf_counter()
+    pause_at("retrain")
     seed_task = ray.remote(retrain_seed_in_storage).options(**resources)
     per_seed = get_interruptibly(
         [

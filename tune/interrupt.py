@@ -45,7 +45,8 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None  # the first stop signal's number
-        self._in_fit = False  # Ray Tune's trial loop runs: ask it to stop
+        self._in_fit = False  # inside a Ray Tune run (its setup, its loop)
+        self._loop_running = False  # Ray Tune's trial loop runs: ask it to stop
         self._deferred = False  # inside Ray's C++ core: only note the signal
 
     @property
@@ -73,11 +74,29 @@ class StopSignals:
 
     @contextlib.contextmanager
     def during_fit(self) -> Iterator[None]:
-        self._in_fit = True
+        """Around one Ray Tune run and the work before it (restoring or making the Tuner):
+        a signal before the run's loop starts raises where the program is; one while it runs
+        asks Ray Tune to stop. After the run, our handlers are put back for the next step."""
+        self.raise_if_interrupted()
+        self._in_fit, self._loop_running = True, False
         try:
             yield
         finally:
-            self._in_fit = False
+            self._in_fit, self._loop_running = False, False
+            self.reinstall()
+
+    def loop_started(self) -> bool:
+        """Ray Tune's trial loop of the current run starts (its SIGUSR1 handler is this
+        run's): signals from now on ask it to stop. True if one came before, which the
+        caller then passes on to Ray Tune."""
+        self._loop_running = self._in_fit
+        return self.interrupted
+
+    def reinstall(self) -> None:
+        """Put our handlers back: Ray (ray.init, a Tune run) may have replaced them."""
+        if _installed is self:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, self._handle)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -94,7 +113,7 @@ class StopSignals:
             os._exit(128 + signum)
         self.received = signum
         ray_tune_stop = signal.getsignal(signal.SIGUSR1)
-        if self._in_fit and callable(ray_tune_stop):
+        if self._in_fit and self._loop_running and callable(ray_tune_stop):
             logger.warning(
                 "%s: stopping the search; Ray saves its state (a few seconds); press Ctrl-C "
                 "again to quit at once",
@@ -108,6 +127,11 @@ class StopSignals:
 
 
 _installed: StopSignals | None = None  # the process's handler (signals are process-wide)
+
+
+def installed() -> StopSignals | None:
+    """The process's StopSignals, if a command installed one."""
+    return _installed
 
 
 POLL_S = 0.5  # how often a wait on Ray tasks returns to Python, where signal handlers run

@@ -199,6 +199,7 @@ def make_tuner(
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from tune.callbacks import project_callbacks
     from tune.schedulers import SearchScheduler
     from tune.searcher import StudySearcher
     from tune.study import startup_trials
@@ -279,7 +280,12 @@ def make_tuner(
             failure_config=ray_tune.FailureConfig(max_failures=2),
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
             sync_config=ray_tune.SyncConfig(sync_artifacts=True),
-            callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), *(callbacks or [])],
+            callbacks=[
+                CSVLoggerCallback(),
+                JsonLoggerCallback(),
+                *project_callbacks(settings.storage.local_dir),
+                *(callbacks or []),
+            ],
             # --time-budget, counted across resumes (Ray's own time_budget_s restarts).
             stop=TimeBudget(
                 settings.time_budget_s,
@@ -342,6 +348,8 @@ def run_search(
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from tune.callbacks import with_project_callbacks
+    from tune.faults import pause_at
     from tune.trial_table import use_trial_table
 
     use_trial_table()
@@ -350,6 +358,7 @@ def run_search(
     if ray_tune.Tuner.can_restore(path):
         logger.info("resuming the search in %s", path)
         tuner = ray_tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        with_project_callbacks(tuner, settings.storage.local_dir)
         scheduler = restored_scheduler(tuner)
         if isinstance(scheduler, ASHAScheduler):
             refilled = refill_asha_rungs(tuner, scheduler)
@@ -364,6 +373,7 @@ def run_search(
             verbose=1 if log_level <= logging.INFO else 0,
             callbacks=callbacks,
         )
+    pause_at("search")
     return tuner.fit()
 
 
@@ -383,6 +393,8 @@ def run_fixed_trials(
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
 
+    from tune.callbacks import project_callbacks, with_project_callbacks
+    from tune.faults import pause_at
     from tune.fixed_trials import FixedTrials
     from tune.trial_table import TrialTable, use_trial_table
 
@@ -392,6 +404,8 @@ def run_fixed_trials(
     if ray_tune.Tuner.can_restore(path):
         logger.info("resuming %s in %s", part, path)
         tuner = ray_tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        with_project_callbacks(tuner, settings.storage.local_dir)
+        pause_at(part)
         return tuner.fit()
     tuner = ray_tune.Tuner(
         trainable,
@@ -411,9 +425,14 @@ def run_fixed_trials(
             failure_config=ray_tune.FailureConfig(max_failures=2),
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
             sync_config=ray_tune.SyncConfig(sync_artifacts=True),
-            callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
+            callbacks=[
+                CSVLoggerCallback(),
+                JsonLoggerCallback(),
+                *project_callbacks(settings.storage.local_dir),
+            ],
             verbose=1 if log_level <= logging.INFO else 0,
             progress_reporter=TrialTable(),
         ),
     )
+    pause_at(part)
     return tuner.fit()

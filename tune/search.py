@@ -29,6 +29,7 @@ from tune.cli import (
     validate_args,
 )
 from tune.interrupt import SearchInterrupted, StopSignals
+from tune.state_files import DamagedExperiment
 
 logger = logging.getLogger("tune.search")
 
@@ -43,6 +44,23 @@ def resume_command(argv: list[str], name: str) -> str:
     return command_line("tune.search", *args)
 
 
+def carry_on_command(argv: list[str], damaged: DamagedExperiment) -> str:
+    """The command that starts a new experiment in place of a damaged one: the same options
+    without --name/--resume, warm-started from it where its study is whole."""
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--name":
+            skip = True
+        elif arg != "--resume" and not arg.startswith("--name="):
+            args.append(arg)
+    name = damaged.root.name
+    if damaged.can_warm_start:
+        args += ["--warm-start", name]
+    return command_line("tune.search", *args, "--name", f"{name}-continued")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -54,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     started: list[str] = []  # the experiment's name, once it exists
     try:
-        return search(args, stop, started)
+        return search(args, stop, started, argv)
     except SearchInterrupted:
         pass
     if started:
@@ -64,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     return 128 + (stop.received or 2)
 
 
-def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> int:
+def search(
+    args: argparse.Namespace, stop: StopSignals, started: list[str], argv: list[str] | None = None
+) -> int:
     command_started = time.perf_counter()
     # 1. Everything that can be wrong with the inputs fails here, before Ray starts; first
     # what needs no torch, so that a typo does not wait seconds for its import.
@@ -92,6 +112,7 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
             return 2
 
     from training.data import DEFAULT_VAL_SIZE, DataError, load_cifar10, load_images, make_splits
+    from tune.faults import pause_at
     from tune.finalize import (
         collect_records,
         report,
@@ -120,6 +141,13 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
             import torch
 
             resolve_settings(args, storage, have_gpu=torch.cuda.is_available())
+    except DamagedExperiment as e:
+        logger.error(e.message(carry_on_command(sys.argv[1:] if argv is None else argv, e)))
+        return 2
+    except (UsageError, StorageError) as e:
+        logger.error(e)
+        return 2
+    try:
         data_path = saved.data if saved else args.data
         reading = time.perf_counter()
         logger.info(
@@ -171,6 +199,7 @@ def search(args: argparse.Namespace, stop: StopSignals, started: list[str]) -> i
     declared = declared_node_types() if args.address else None
     concurrency = trial_concurrency(settings, nodes, args.max_concurrent_trials, declared)
     with stop.during_fit():
+        pause_at("baselines")
         baseline_records, baseline = run_seed_baseline(settings, splits, concurrency)
     stop.raise_if_interrupted()
     search_started = time.perf_counter()

@@ -13,6 +13,7 @@ from pathlib import Path
 from training.artifacts import write_json
 from tune.cli import FULL, REDUCED, UNLIMITED_SAMPLES, Defaults, UsageError
 from tune.rungs import default_grace_period
+from tune.state_files import recover
 from tune.storage import ExperimentStorage, is_uri
 from tune.study import STUDY_FILE, experiment_at
 
@@ -111,6 +112,10 @@ def open_storage(args: argparse.Namespace) -> tuple[ExperimentStorage, SearchSet
         name = f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = ExperimentStorage(root, name)
     storage.check_writable()
+    if not storage.remote_dir:
+        # Before anything reads the experiment's files: each damaged one is restored from
+        # its last good copy, or the command stops here, before Ray starts.
+        recover(storage.local_dir)
     if storage.pull(SETTINGS_FILE):
         storage.pull(STUDY_FILE)  # the Optuna study continues where it stopped
         storage.pull(CLOCK_FILE)  # and so does the clock of --time-budget
