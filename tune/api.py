@@ -27,6 +27,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tune.search")
 # Ray's loggers, quiet in a notebook unless verbose=True; put back afterwards.
-RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.air")
+RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.air", "ray.widgets")
+# Warnings a notebook need not show: tqdm's about ipywidgets (Ray imports tqdm.auto), and
+# SciPy's about two sides whose seeds gave equal accuracies (the report says so in words).
+QUIET_WARNINGS = ("IProgress not found", "Precision loss occurred in moment calculation")
 
 
 class SearchError(ValueError):
@@ -334,7 +338,9 @@ def search(
     notebook = in_notebook()
     stop = StopSignals(exit_on_second=False)
     started: list[str] = []
-    with _logging_restored():
+    with _logging_restored(), warnings.catch_warnings():
+        for text in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=text)
         configure_logging(level_from_flags(args))
         if notebook and not args.verbose:
             for name_ in RAY_LOGGERS[1:]:

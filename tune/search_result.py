@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,9 @@ class SearchResult:
 
     def __str__(self) -> str:
         return self.summary()
+
+    def __repr__(self) -> str:
+        return f"<SearchResult {self.folder}: winner trial {self.winner.trial_id}>"
 
     def _repr_markdown_(self) -> str:  # a notebook shows this for a cell's last value
         return "```\n" + self.summary() + "\n```"
@@ -272,8 +276,10 @@ def load(folder: str | os.PathLike) -> SearchResult:
     comparison = None
     if final and baseline:
         theirs = baseline["final"]
-        comparison = {
-            label: welch(final[key], theirs[key]) if key in final and key in theirs else None
-            for label, key in (("flip TTA", "test_acc_tta"), ("no TTA", "test_acc_plain"))
-        }
+        with warnings.catch_warnings():  # SciPy's, when every seed of a side scored alike
+            warnings.filterwarnings("ignore", message="Precision loss occurred")
+            comparison = {
+                label: welch(final[key], theirs[key]) if key in final and key in theirs else None
+                for label, key in (("flip TTA", "test_acc_tta"), ("no TTA", "test_acc_plain"))
+            }
     return SearchResult(folder, settings, winner, trials, final, baseline, comparison)

@@ -50,7 +50,7 @@ def compact_progress(on: bool = True) -> Iterator[None]:
         _compact = before
 
 
-def trial_line(trial: Any, ended: int, total: int) -> str:
+def trial_line(trial: Any, ended: int, total: int | None) -> str:
     """One ended trial: its epochs, main-run validation accuracy, size and time."""
     result = trial.last_result or {}
     epochs = result.get("training_iteration", 0)
@@ -64,7 +64,8 @@ def trial_line(trial: Any, ended: int, total: int) -> str:
     if result.get("time_total_s") is not None:
         parts.append(f"{result['time_total_s']:.0f} s")
     state = "failed" if trial.status == "ERROR" else "ended"
-    return f"[{ended}/{total}] trial {trial.trial_id} {state}: " + ", ".join(parts)
+    count = f"{ended}/{total}" if total else str(ended)
+    return f"[{count}] trial {trial.trial_id} {state}: " + ", ".join(parts)
 
 
 class TrialTable(CLIReporter):
@@ -101,7 +102,9 @@ class TrialTable(CLIReporter):
         for trial in ended:
             if trial.trial_id not in reported:
                 reported.add(trial.trial_id)
-                print(trial_line(trial, len(reported), len(trials)), flush=True)
+                # The experiment's trial count, as Ray set it up (0 or None: unknown).
+                total = getattr(self, "_total_samples", None)
+                print(trial_line(trial, len(reported), total), flush=True)
         return None
 
 
