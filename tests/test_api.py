@@ -197,3 +197,26 @@ def test_load_refuses_a_folder_that_is_no_finished_experiment(tmp_path: Path) ->
 
     with pytest.raises(ResultError, match="not a finished experiment"):
         api.load(tmp_path)
+
+
+def test_the_report_leaves_a_notebooks_matplotlib_backend_as_it_was(tmp_path: Path) -> None:
+    import subprocess
+
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')  # standing in for a notebook's inline backend\n"
+        "import pandas as pd\n"
+        "from tune import results\n"
+        "table = pd.DataFrame([{'trial_id': 'a', 'role': 'search', 'status': 'completed',\n"
+        "    'params': 1000, 'score': 0.5, 'best_val_acc': 0.5, 'stages': '1x8',\n"
+        "    'epochs_run': 2, 'train_seconds': 1.0}])\n"
+        "history = pd.DataFrame({'epoch': [1, 2], 'val_acc': [0.4, 0.5]})\n"
+        "results.write_report(sys.argv[1], table, {'a': history}, [(1, 1)], None, None, None,\n"
+        "    {'name': 'x', 'space': 'tiny', 'budget': 60000, 'max_epochs': 2, 'seed': 0})\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "svg"
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
