@@ -321,7 +321,7 @@ def test_the_copy_of_a_checkpoint_ray_replaced_is_dropped(tmp_path: Path) -> Non
 def test_the_command_that_carries_on_starts_a_new_experiment_warm_started_where_it_can(
     tmp_path: Path,
 ) -> None:
-    from tune.search import carry_on_command
+    from tune.api import carry_on_command
 
     root = make_experiment(tmp_path / NAME)
     argv = ["--space", "tiny", "--name", NAME, "--resume", "--num-samples", "4"]

@@ -586,6 +586,28 @@ def _decode(tree: _Tree, name: str) -> torch.Tensor:
     return image
 
 
+def read_image_files(paths: list[str | Path]) -> torch.Tensor:
+    """uint8 (N, 3, 32, 32) RGB from image files (JPEG, PNG, or another format the decoder
+    reads), each 32x32, as the dataset readers decode them."""
+    images = torch.empty((len(paths), 3, 32, 32), dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise DataError(f"{path}: no such image file")
+        images[i] = _decode(_Files(), str(path))
+    return images
+
+
+class _Files:
+    """Files named by their path, read as a dataset tree's members (for `_decode`)."""
+
+    def read(self, name: str) -> bytes:
+        return Path(name).read_bytes()
+
+    def where(self, name: str) -> str:
+        return name
+
+
 def _decode_rgb(data: bytes) -> torch.Tensor:
     """uint8 (3, H, W) RGB from JPEG or PNG bytes, whatever their color mode or bit depth."""
     if decode_image is None:

@@ -7,7 +7,9 @@ signal asks Ray Tune to stop the same way (through the SIGUSR1 handler that Ray 
 while `fit` runs: it saves the experiment state, and the trials stay resumable), and is
 remembered, so the search exits after `fit` without results. Outside `fit` (before it, and
 in the retrain) the first signal raises `SearchInterrupted` where the program is. A second
-signal exits at once, whatever is running.
+signal exits at once, whatever is running (from Python, as in a notebook, where exiting would
+kill the kernel, it raises `SearchInterrupted` instead). `uninstall()` puts back the handlers,
+variables and filter that were there before.
 """
 
 from __future__ import annotations
@@ -43,11 +45,17 @@ class _DropRayInterruptLines(logging.Filter):
 class StopSignals:
     """Install with `install()`; wrap `Tuner.fit` in `during_fit()`; ask `interrupted`."""
 
-    def __init__(self) -> None:
+    def __init__(self, exit_on_second: bool = True) -> None:
         self.received: int | None = None  # the first stop signal's number
+        # A second signal: os._exit (a command), or SearchInterrupted (a notebook's kernel
+        # must live on).
+        self.exit_on_second = exit_on_second
         self._in_fit = False  # inside a Ray Tune run (its setup, its loop)
         self._loop_running = False  # Ray Tune's trial loop runs: ask it to stop
         self._deferred = False  # inside Ray's C++ core: only note the signal
+        # What install() replaced, for uninstall(); None while not installed.
+        self._previous: dict[str, dict] | None = None
+        self._filter = _DropRayInterruptLines()
 
     @property
     def interrupted(self) -> bool:
@@ -58,13 +66,37 @@ class StopSignals:
         return signal.Signals(self.received).name if self.received else ""
 
     def install(self) -> None:
+        """Install (or, called again, re-install over what Ray put in place meanwhile)."""
         global _installed
+        if self._previous is None:
+            self._previous = {
+                "handlers": {sig: signal.getsignal(sig) for sig in STOP_SIGNALS},
+                "env": {key: os.environ.get(key) for key in RAY_ENV},
+                "installed": {"stop": _installed},
+            }
         _installed = self
         for key, value in RAY_ENV.items():
             os.environ[key] = value
-        logging.getLogger("ray.tune.tune").addFilter(_DropRayInterruptLines())
+        logging.getLogger("ray.tune.tune").addFilter(self._filter)
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        """Put back the signal handlers, environment variables and process-wide state as
+        install() found them (a no-op if not installed)."""
+        global _installed
+        if self._previous is None:
+            return
+        for sig, handler in self._previous["handlers"].items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for key, value in self._previous["env"].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        logging.getLogger("ray.tune.tune").removeFilter(self._filter)
+        _installed = self._previous["installed"]["stop"]
+        self._previous = None
 
     def raise_if_interrupted(self) -> None:
         """After a Ray Tune run: a signal that stopped it ends the search here, before the
@@ -109,6 +141,11 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
+            if not self.exit_on_second:
+                logger.warning("%s again: stopping now", signal.Signals(signum).name)
+                if not self._deferred:
+                    raise SearchInterrupted(signal.Signals(signum).name)
+                return
             logger.warning("%s again: exiting now", signal.Signals(signum).name)
             os._exit(128 + signum)
         self.received = signum

@@ -13,18 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-matplotlib.use("Agg")  # files only; no display on servers or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+# Figures drawn on a Figure of their own, not through pyplot: files only, with no display on
+# servers or in CI, and without switching the process's backend (a notebook's inline backend
+# stays as it was).
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from training.artifacts import atomic_write, code_version, write_text  # noqa: E402
-from tune.cli import beside_interpreter  # noqa: E402
-from tune.compare import final_value, score_epochs, welch  # noqa: E402
+from training.artifacts import atomic_write, code_version, write_text
+from tune.cli import beside_interpreter
+from tune.compare import final_value, score_epochs, welch
 
 # What the seed reports claimed (../shared/seeds/README.md), selected on the CIFAR-10 test
 # batch and trained on the lossless original: shown for context, not as a measured baseline.
@@ -239,7 +240,8 @@ def _unscored_note(table: pd.DataFrame) -> str:
 def params_vs_acc_figure(table: pd.DataFrame, max_epochs: int) -> Any:
     """Each trial that trained every epoch: its score against its size, with the Pareto
     frontier."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     scored = table[table["status"] == "completed"].dropna(subset=["score"])
     unit, unit_name = _params_unit(table["params"])
     frontier = pareto_frontier(table)
@@ -281,7 +283,8 @@ def main_run_accuracy(history: pd.DataFrame) -> pd.Series:
 def curves_figure(histories: dict[str, pd.DataFrame], table: pd.DataFrame) -> Any:
     """The five best trials' validation accuracy per epoch: the main run as a line, and at
     each rung the decay branch's accuracy (what ASHA judged there) as a point of its own."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     branches = False
     for trial_id in table["trial_id"].head(5):
         h = histories.get(trial_id)
@@ -342,7 +345,8 @@ def importances_hint(trials: int | None) -> str:
 def importances_figure(importances: dict[str, float], basis: str, trials: int | None) -> Any:
     top = sorted(importances, key=importances.get, reverse=True)[:15]
     names = top[::-1]  # most important on top
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.2))
+    fig = Figure(figsize=(7, 0.3 * len(names) + 1.2))
+    ax = fig.subplots()
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel("importance for validation accuracy (PED-ANOVA, all parameters sum to 1)")
     title = f"The {len(names)} parameters that mattered most, over {basis}"
@@ -353,7 +357,8 @@ def importances_figure(importances: dict[str, float], basis: str, trials: int | 
 
 
 def _plot_rungs(rungs: list[tuple[int, int]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     labels = [f"epoch {m}" for m, _ in rungs]
     counts = [n for _, n in rungs]
     ax.bar(labels, counts)
@@ -366,7 +371,6 @@ def _plot_rungs(rungs: list[tuple[int, int]], path: Path) -> None:
 
 def _save(fig: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-    plt.close(fig)
 
 
 def _cell(column: str, value: Any) -> str:

@@ -36,8 +36,11 @@ RAY_ENV = {
 }
 
 
-def start_ray(address: str | None, quiet: bool = False) -> list[dict[str, Any]]:
+def start_ray(
+    address: str | None, quiet: bool = False, log_to_driver: bool = True
+) -> list[dict[str, Any]]:
     """Start an embedded local Ray (or join the cluster at `address`); its live nodes.
+    `log_to_driver`: the trials' own output shows here (off in a notebook unless asked).
 
     Works whatever was imported first (ray too, as a notebook may do) and whatever
     RAY_AUTH_MODE is: the environment is prepared, then this process's Ray made to follow it
@@ -66,7 +69,7 @@ def start_ray(address: str | None, quiet: bool = False) -> list[dict[str, Any]]:
     ray.init(
         address=address or "local",
         include_dashboard=False,
-        log_to_driver=True,
+        log_to_driver=log_to_driver,
         logging_level=logging.WARNING if quiet else logging.INFO,
     )
     if not address and os.environ.get("RAY_AUTH_MODE") == "token":
