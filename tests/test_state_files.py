@@ -262,9 +262,10 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "pattern", ["tuner.pkl", "experiment_state-*.json", "search_gen_state-*.json", "study.db"]
-)
+# End to end for one of Ray's files and the project's study (each run is a killed search and
+# its resume, minutes in CI); every file kind is damaged and restored in the tests above, and
+# docs/reliability.md gives the end-to-end outcome for each.
+@pytest.mark.parametrize("pattern", ["tuner.pkl", "study.db"])
 def test_a_search_killed_with_a_file_cut_in_half_resumes_from_its_good_copy(
     tmp_path: Path, data_dir: Path, pattern: str
 ) -> None:

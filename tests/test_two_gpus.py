@@ -71,7 +71,8 @@ print(json.dumps(sorted(r.metrics["gpus"] for r in tuner.fit())))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("share", ["1", "0.5"])
+# Half a GPU each: four trials at once, two on each GPU (1 GPU each is the same, two at once).
+@pytest.mark.parametrize("share", ["0.5"])
 def test_ray_tune_spreads_trials_over_both_gpus(tmp_path: Path, share: str) -> None:
     """Ray Tune as the search uses it (the trials' resources, reused actors) on a node that
     declares two GPUs: every trial sees exactly one, and both are used."""
