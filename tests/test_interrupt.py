@@ -186,7 +186,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, data_dir: Path) -> None:
         assert time.monotonic() - sent < 5
     finally:
         kill(proc, marker)
-    assert proc.returncode == 128 + signal.SIGINT
+    assert proc.returncode == 128 + signal.SIGINT, (out / "stderr.txt").read_text()[-3000:]
     assert "again: exiting now" in (out / "stderr.txt").read_text()
 
 

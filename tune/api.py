@@ -129,7 +129,10 @@ def run_search(
     try:
         return _search(args, stop, started, notebook, sys.argv[1:] if argv is None else argv)
     finally:
-        stop.uninstall()
+        # A stopped command keeps its handlers to its exit: a second Ctrl-C while Ray shuts
+        # down or the resume line is written must still exit at once.
+        if not (stop.interrupted and stop.exit_on_second):
+            stop.uninstall()
         if not ray_was_running and _ray_running():
             import ray
 
