@@ -185,3 +185,19 @@ def test_a_short_search_gives_no_advice() -> None:
 def test_when_even_the_retrains_do_not_fit_it_says_so() -> None:
     _, text = summary(Timings(epoch_s=400.0), full_gpu_shape())
     assert "even without a search" in text and "--retrain-seeds" in text
+
+
+def test_under_a_time_budget_the_rungs_count_the_trials_that_fit() -> None:
+    # --time-budget alone leaves --num-samples unbounded: the rungs must not count 100,000.
+    timings = Timings(epoch_s=10.0)
+    shape = full_gpu_shape(trials=100_000, finalists=0, time_budget_s=3600.0)
+    est, text = summary(timings, shape)
+    assert est.capped
+    reached = dict(est.survivors)
+    # Each trial trains at least to the first rung (4 epochs, 40 s, and its branch), two at
+    # once: no more than 2 x 3600 / 40 trials fit, and ASHA keeps fewer at every rung.
+    assert 2 * 3600 / (30 * 10) < reached[4] <= 2 * 3600 / 40
+    assert reached[4] > reached[12] > reached[30] >= 1
+    assert f"about {reached[4]:.0f} trials, until the --time-budget" in text
+    # The trials that fit take the search's time at the epochs each is expected to train.
+    assert reached[4] * est.trial_epochs * 10.0 / 2 == pytest.approx(est.search_s, rel=0.05)

@@ -126,6 +126,13 @@ def estimate(timings: Timings, shape: Shape) -> Estimate:
         # The budget ends the search early enough for its finalists (tune.time_budget).
         search_s = max(0.0, shape.time_budget_s - finalists_s)
         capped = True
+        # The rungs see only the trials that fit in the budget, not --num-samples (unbounded
+        # under a --time-budget alone); fewer trials keep a larger share, so settle the count.
+        fitted = float(trials)
+        for _ in range(4):
+            fitted = min(fitted, search_s * at_once / max(one_trial, 1e-9))
+            per_trial, survivors = _search_epochs(shape, fitted)
+            one_trial = per_trial * epoch + timings.trial_start_s
     retrains = 2 if shape.baseline else 1
     retrain_run = shape.retrain_epochs * epoch * shape.retrain_scale
     retrain_s = retrains * _rounds(shape.retrain_seeds, shape.retrain_slots) * retrain_run
@@ -144,18 +151,19 @@ def estimate(timings: Timings, shape: Shape) -> Estimate:
     )
 
 
-def _search_epochs(shape: Shape) -> tuple[float, list[float]]:
+def _search_epochs(shape: Shape, trials: float | None = None) -> tuple[float, list[float]]:
     """(expected epochs of one search trial, decay branches included; trials expected at
-    each rung and at the end)."""
-    if not shape.trials:
+    each rung and at the end) for `trials` trials (default: the shape's)."""
+    trials = shape.trials if trials is None else trials
+    if trials <= 0:
         return 0.0, [0.0] * (len(shape.rungs) + 1)
-    survivors = asha_survivors(shape.trials, shape.rungs, shape.reduction_factor)
+    survivors = asha_survivors(trials, shape.rungs, shape.reduction_factor)
     epochs, start = 0.0, 0
     for rung, reached in zip(shape.rungs, survivors, strict=False):
-        share = reached / shape.trials
+        share = reached / trials
         epochs += share * (rung - start + shape.decay_fraction * rung)
         start = rung
-    epochs += survivors[-1] / shape.trials * (shape.max_epochs - start)
+    epochs += survivors[-1] / trials * (shape.max_epochs - start)
     return epochs, survivors
 
 
@@ -228,12 +236,15 @@ def summary(timings: Timings, shape: Shape, limit_s: float = LONG_S) -> tuple[Es
         ("retrains", est.retrain_s),
     ]
     shown = ", ".join(f"{name} {duration_text(s)}" for name, s in parts if s > 0)
-    trials = "until the --time-budget" if est.capped else f"{shape.trials} trials"
+    trials = f"{shape.trials} trials"
+    if est.capped:
+        trials = f"about {est.survivors[0][1]:.0f} trials, until the --time-budget"
     text = (
         f"estimated duration of the whole command: {duration_text(est.total_s)} ({shown}), "
         f"at {timings.epoch_s:.1f} s per trial epoch and {timings.trial_start_s:.1f} s per "
         f"trial's start (medians measured), {shape.concurrency} "
-        f"trial(s) at once, {trials}; ASHA expected to keep {rungs}. Networks of other sizes "
+        f"trial(s) at once, {trials}; trials expected to reach each rung and the end: "
+        f"{rungs}. Networks of other sizes "
         "train slower or faster, so take it as a guide"
     )
     more = advice(timings, shape, est, limit_s)
