@@ -75,6 +75,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m benchmarks.augment_speed",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

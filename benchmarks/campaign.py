@@ -1066,6 +1066,7 @@ def _packing(text: str) -> tuple[int, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m benchmarks.campaign",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

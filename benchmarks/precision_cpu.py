@@ -84,6 +84,7 @@ def time_epochs(arch: Any, cfg: Any, splits: DataSplits, precision: str, epochs:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m benchmarks.precision_cpu",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -136,7 +136,9 @@ def run_checks(data: str, need_gpu: bool, compile_check: bool = False) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.preflight", description=__doc__)
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m benchmarks.preflight", description=__doc__
+    )
     p.add_argument("--data", required=True)
     p.add_argument("--need-gpu", action="store_true")
     p.add_argument(

@@ -254,7 +254,7 @@ def compare(before_path: str, after_path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print both runs")
     p.add_argument("--data", help="CIFAR-10 folder or archive")
     p.add_argument("--mode", choices=["before", "after"])

@@ -133,6 +133,7 @@ def run(code: Path, trials: int, images: int, work: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m benchmarks.trial_gap",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

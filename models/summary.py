@@ -59,7 +59,9 @@ def format_model_list() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.summary", description=__doc__)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m models.summary", description=__doc__
+    )
     parser.add_argument("name", nargs="?", help="registered model name")
     parser.add_argument("--list", action="store_true", help="list every registered model")
     args = parser.parse_args(argv)

@@ -85,6 +85,33 @@ def test_a_mistyped_option_is_an_error_not_the_option_it_begins(tmp_path: Path) 
     assert "unrecognized arguments: --num-sample 3" in run.stderr, run.stderr
 
 
+@pytest.mark.parametrize(
+    ("module", "argv", "typo"),
+    [
+        ("training.train", ["--out", "o", "--epoch", "3"], "--epoch"),
+        (
+            "training.predict",
+            ["--checkpoint", "c", "--input", "i", "--out", "o", "--no-tt"],
+            "--no-tt",
+        ),
+        ("models.summary", ["--lis"], "--lis"),
+        ("benchmarks.campaign", ["--rehears"], "--rehears"),
+    ],
+)
+def test_every_command_refuses_an_abbreviated_option(
+    module: str, argv: list[str], typo: str
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"unrecognized arguments: {typo}" in run.stderr, run.stderr
+
+
 def test_a_failed_download_leaves_no_empty_cache_folder(tmp_path: Path, monkeypatch) -> None:
     import torchvision
 

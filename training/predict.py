@@ -37,6 +37,7 @@ logger = logging.getLogger("training.predict")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m training.predict",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -36,6 +36,7 @@ logger = logging.getLogger("training.train")
 def build_parser() -> argparse.ArgumentParser:
     recipes = "\n".join(f"  {name:<24} {RECIPES.describe(name)}" for name in list_recipes())
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m training.train",
         description=__doc__,
         epilog=f"recipes:\n{recipes}",
