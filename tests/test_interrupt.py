@@ -199,6 +199,7 @@ def test_outside_ray_tune_the_first_signal_raises_where_the_program_is() -> None
             signal.raise_signal(signal.SIGTERM)
         assert stop.interrupted and stop.name == "SIGTERM"
     finally:
+        stop.uninstall()  # the process-wide handler, Ray's variables and its log filter
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -218,6 +219,7 @@ def test_inside_ray_tune_the_first_signal_asks_ray_tune_to_stop() -> None:
         assert asked == [signal.SIGUSR1]
         assert stop.interrupted and stop.name == "SIGINT"
     finally:
+        stop.uninstall()  # the process-wide handler, Ray's variables and its log filter
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -237,6 +239,7 @@ def test_between_two_ray_tune_runs_a_signal_is_not_lost_to_the_previous_runs_han
             signal.raise_signal(signal.SIGINT)  # the next run's Tuner is being restored
         assert stale == [] and stop.name == "SIGINT"
     finally:
+        stop.uninstall()  # the process-wide handler, Ray's variables and its log filter
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -257,6 +260,7 @@ def test_after_a_run_our_handlers_are_back_and_a_signal_noted_before_the_loop_re
         with pytest.raises(SearchInterrupted):
             stop.raise_if_interrupted()
     finally:
+        stop.uninstall()  # the process-wide handler, Ray's variables and its log filter
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
