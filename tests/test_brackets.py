@@ -276,3 +276,30 @@ def test_a_resumed_two_bracket_search_decides_every_rung_as_an_uninterrupted_one
         branches = [r["training_iteration"] for r in reports if "decay_branch_epochs" in r]
         expected = [e for e in plan[bracket].rungs if e <= reports[-1]["training_iteration"]]
         assert branches == expected, (trial_dir.name, bracket, branches)
+
+
+def test_near_the_time_budgets_end_a_trial_gets_a_bracket_whose_first_rung_it_can_reach(tmp_path):
+    from tune.searcher import StudySearcher
+    from tune.storage import ExperimentStorage
+
+    ExperimentStorage(str(tmp_path), "b").local_dir.mkdir(parents=True)
+    plan = asha_bracket_plan(15, 2, 3, 2)  # first rungs at epochs 2 and 6
+    searcher = StudySearcher(
+        space="tiny", budget=20_000, seed=3, max_epochs=15, storage_path=str(tmp_path),
+        name="b", n_startup_trials=4, rung_epochs=(2, 6), brackets=plan, time_budget_s=100.0,
+    )  # fmt: skip
+    now = [0.0]
+    searcher.deadline.clock = lambda: now[0]
+    searcher.deadline._start_clock()
+    for epoch in (1, 2, 3):  # 5 s epochs: rung 2 takes 2 x (5 + 0.2 x 5) = 12 s, rung 6 36 s
+        searcher.deadline.observe({"epoch_seconds": 5.0, "epoch": epoch, "val_acc": 0.5})
+    early = [searcher.suggest(f"e{i}") for i in range(12)]
+    assert {c["bracket"] for c in early} == {0, 1}  # each its drawn bracket
+    now[0] = 70.0  # 70 + 12 <= 100 < 70 + 36
+    late = [searcher.suggest(f"l{i}") for i in range(12)]
+    drawn = [choose_bracket(plan, 3, c["trial_number"]) for c in late]
+    assert 1 in drawn  # some were drawn into the second bracket ...
+    assert {c["bracket"] for c in late} == {0}  # ... and run in the first
+    assert all(c["rung_epochs"] == [2, 6] for c in late)
+    now[0] = 90.0  # 90 + 12 > 100: no trial at all
+    assert searcher.suggest("x") == "FINISHED"

@@ -156,11 +156,28 @@ class StudySearcher(Searcher):
         }
 
     def _bracket_of(self, number: int) -> dict[str, Any]:
-        """The trial's bracket and the rungs it evaluates decay branches at."""
+        """The trial's bracket and the rungs it evaluates decay branches at. Near the end of a
+        --time-budget, a trial drawn into a bracket whose first rung it could not reach in
+        time goes to the bracket with the earliest first rung (which the deadline checked):
+        the bracket is in its config, so a resume keeps it."""
         brackets = getattr(self, "brackets", ())  # a searcher pickled before brackets existed
         if not brackets:
             return {"rung_epochs": list(self.rung_epochs)}
         bracket = choose_bracket(brackets, self.seed, number)
+        rungs = brackets[bracket].rungs
+        if self.deadline is not None and rungs and not self.deadline.can_reach_first_rung(rungs[0]):
+            bracket = min(
+                range(len(brackets)),
+                key=lambda b: brackets[b].rungs[0] if brackets[b].rungs else self.max_epochs,
+            )
+            logger.info(
+                "trial %d runs in ASHA bracket %d (first rung at epoch %s): its drawn bracket's "
+                "first rung (epoch %d) would come after the trials stop",
+                number,
+                bracket,
+                brackets[bracket].rungs[0] if brackets[bracket].rungs else self.max_epochs,
+                rungs[0],
+            )
         return {BRACKET_KEY: bracket, "rung_epochs": list(brackets[bracket].rungs)}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:

@@ -189,11 +189,11 @@ class RungDeadline:
             return 0.0
         return statistics.median(e[0] for e in self.seen)
 
-    def first_rung_seconds(self) -> float:
-        """Seconds a trial started now needs to its first rung's decision: the epochs to it
-        and its decay branch. The branch's seconds per epoch and its length as a share of the
-        epochs so far are those of the branches seen, else a training epoch's and
-        DECAY_FRACTION."""
+    def first_rung_seconds(self, first_rung: int | None = None) -> float:
+        """Seconds a trial started now needs to its first rung's decision (`first_rung`, by
+        default the search's earliest): the epochs to it and its decay branch. The branch's
+        seconds per epoch and its length as a share of the epochs so far are those of the
+        branches seen, else a training epoch's and DECAY_FRACTION."""
         per_epoch = self.epoch_seconds()
         branches = [e for e in self.seen if e[2] > 0]
         if branches:
@@ -201,7 +201,8 @@ class RungDeadline:
             share = statistics.median(e[2] / e[3] for e in branches if e[3] > 0)
         else:
             branch_per_epoch, share = per_epoch, DECAY_FRACTION
-        return self.first_rung * (per_epoch + share * branch_per_epoch)
+        rung = self.first_rung if first_rung is None else first_rung
+        return rung * (per_epoch + share * branch_per_epoch)
 
     def reserve_s(self) -> float:
         """The finalists' reserve `TimeBudget` keeps, from the epochs seen (branches
@@ -215,5 +216,6 @@ class RungDeadline:
         """When the search's trials stop: the budget less the finalists' reserve."""
         return self.budget_s - self.reserve_s()
 
-    def can_reach_first_rung(self) -> bool:
-        return self.elapsed_s + self.first_rung_seconds() <= self.trials_stop_at_s()
+    def can_reach_first_rung(self, first_rung: int | None = None) -> bool:
+        """Whether a trial started now reaches `first_rung` (default: the earliest) in time."""
+        return self.elapsed_s + self.first_rung_seconds(first_rung) <= self.trials_stop_at_s()
