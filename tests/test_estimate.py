@@ -11,6 +11,7 @@ from tune.estimate import (
     asha_survivors,
     continue_probability,
     estimate,
+    reestimate,
     summary,
     trials_that_fit,
 )
@@ -201,3 +202,95 @@ def test_under_a_time_budget_the_rungs_count_the_trials_that_fit() -> None:
     assert f"about {reached[4]:.0f} trials, until the --time-budget" in text
     # The trials that fit take the search's time at the epochs each is expected to train.
     assert reached[4] * est.trial_epochs * 10.0 / 2 == pytest.approx(est.search_s, rel=0.05)
+
+
+def _small_shape(**changes: object) -> Shape:
+    """6 trials of 6 epochs, a rung at 2, 2 at once, 1 finalist x 2 seeds, 2 retrain seeds."""
+    values = dict(
+        trials=6, max_epochs=6, rungs=(2,), reduction_factor=3, concurrency=2, finalists=1,
+        finalist_seeds=2, retrain_seeds=2, retrain_epochs=6, retrain_slots=2,
+    )  # fmt: skip
+    return Shape(**{**values, **changes})  # type: ignore[arg-type]
+
+
+def test_the_update_goes_on_at_the_pace_the_search_kept() -> None:
+    shape, timings = _small_shape(), Timings(epoch_s=10.0, before_s=20.0)
+    est = estimate(timings, shape)
+    expected_epochs = 6 * est.trial_epochs
+    # Half the trial epochs done in the time the first estimate gave the whole search (5 s
+    # per epoch of wall time at 2 at once): the rest at that pace, the finalists and the
+    # retrains as estimated, added to what passed.
+    half = expected_epochs / 2
+    on_time = reestimate(timings, shape, search_elapsed_s=half * 5.0, epochs_done=half)
+    assert on_time.pace_s == pytest.approx(5.0)
+    assert on_time.total_s == pytest.approx(est.total_s)
+    # The same epochs in twice the time (a loaded machine, gaps between trials): the search's
+    # rest and the finalists take twice as long; the retrains, at the measured epoch, do not.
+    slow = reestimate(timings, shape, search_elapsed_s=half * 10.0, epochs_done=half)
+    assert slow.left_s == pytest.approx(half * 10.0 + 2 * est.finalists_s + est.retrain_s)
+    assert slow.total_s == pytest.approx(20.0 + half * 10.0 + slow.left_s)
+    assert slow.total_s > on_time.total_s
+    # Past the expected epochs (more survived the rung than expected): no search left.
+    over = reestimate(timings, shape, 300.0, expected_epochs + 3)
+    assert over.left_s == pytest.approx(
+        est.finalists_s * max(1.0, over.pace_s * 2 / 10.0) + est.retrain_s
+    )
+
+
+def test_under_a_time_budget_the_update_leaves_the_search_what_the_budget_leaves() -> None:
+    shape = _small_shape(trials=100_000, finalists=0, time_budget_s=600.0)
+    timings = Timings(epoch_s=10.0, before_s=20.0)
+    est = estimate(timings, shape)
+    update = reestimate(timings, shape, search_elapsed_s=200.0, epochs_done=40)
+    assert update.left_s == pytest.approx(400.0 + est.retrain_s)
+    assert update.total_s == pytest.approx(20.0 + 600.0 + est.retrain_s)
+
+
+class _Trial:
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+class _Storage:
+    def __init__(self, folder) -> None:
+        self.local_dir = folder
+
+    def push(self, *names: str) -> None:
+        pass
+
+
+def test_the_callback_says_it_again_once_half_the_trials_passed_the_first_rung(
+    tmp_path, caplog
+) -> None:
+    import json
+    import logging
+    from types import SimpleNamespace
+
+    from tune.duration import ESTIMATE_FILE, DurationEstimate
+    from tune.results import duration_sentence
+
+    settings = SimpleNamespace(storage=_Storage(tmp_path))
+    callback = DurationEstimate(settings, _small_shape(), before_s=20.0)  # type: ignore[arg-type]
+    trials = [_Trial(f"t{i}") for i in range(6)]
+
+    def epoch(trial: _Trial, number: int, seconds: float = 10.0) -> None:
+        result = {"epoch": number, "training_iteration": number, "time_this_iter_s": seconds}
+        callback.on_trial_result(0, trials, trial, result)
+
+    with caplog.at_level(logging.INFO, logger="tune.duration"):
+        for trial in trials[:2]:
+            callback.on_trial_start(0, trials, trial)
+            epoch(trial, 1)
+        assert "estimated duration of the whole command" in caplog.text  # the first estimate
+        for trial in trials[:2]:
+            epoch(trial, 2, 20.0)
+        assert "estimated again" not in caplog.text  # 2 of 6 at the rung: not yet
+        callback.on_trial_start(0, trials, trials[2])
+        epoch(trials[2], 1)
+        epoch(trials[2], 2, 20.0)  # the third of six: half
+    assert "estimated again after 3 trials reached epoch 2" in caplog.text
+    saved = json.loads((tmp_path / ESTIMATE_FILE).read_text())
+    assert saved["update"]["trial_epochs_done"] == 6
+    # The report shows both beside what the command took.
+    sentence = duration_sentence({**saved, "actual_s": saved["update"]["estimated_s"]})
+    assert "Estimated again" in sentence and "(+0% off)" in sentence

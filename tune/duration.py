@@ -1,12 +1,14 @@
 """The search's duration estimate, measured and said: a Ray Tune callback that, once the
 first epochs are in, prints how long the whole command will take (tune.estimate) and keeps
 it in the experiment (estimate.json), where the end of the command adds what it really took
-and the report shows both."""
+and the report shows both. Once trials have passed the first rung it says it again, at the
+pace the search really kept (tune.estimate.reestimate)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from dataclasses import asdict
@@ -15,7 +17,7 @@ from typing import Any
 from ray import tune as ray_tune
 
 from training.artifacts import write_json
-from tune.estimate import Shape, Timings, summary
+from tune.estimate import Shape, Timings, duration_text, reestimate, summary
 from tune.rungs import asha_brackets, asha_milestones
 from tune.settings import SearchSettings
 
@@ -69,13 +71,35 @@ class DurationEstimate(ray_tune.Callback):
         self.start_s: list[float] = []  # each first trial's start before its first epoch
         self.started: dict[str, float] = {}
         self.done = False
+        # For the update: the search's start, its epochs (branches by their length) and their
+        # seconds; it comes once half the trials (under a time budget alone, two rounds of
+        # trials) have reached the first rung (or halfway, without rungs).
+        self.search_began = time.monotonic()
+        self.epochs_done, self.seconds_done = 0.0, 0.0
+        self.update_epoch = shape.rungs[0] if shape.rungs else max(1, shape.max_epochs // 2)
+        self.update_after = max(
+            self.needed,
+            2 * shape.concurrency if shape.time_budget_s else math.ceil(shape.trials / 2),
+        )
+        self.at_update_epoch = 0
+        self.updated = False
+        self.wrote = False
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any):
         self.started.setdefault(trial.trial_id, time.monotonic())
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any):
         seconds = result.get("time_this_iter_s")
-        if self.done or not seconds or "epoch" not in result:
+        if not seconds or "epoch" not in result:
+            return
+        self.epochs_done += 1 + float(result.get("decay_branch_epochs", 0.0))
+        self.seconds_done += float(seconds)
+        if result.get("training_iteration") == self.update_epoch:
+            self.at_update_epoch += 1
+            if self.done and not self.updated and self.at_update_epoch >= self.update_after:
+                self.updated = True
+                self.say_again()
+        if self.done:
             return
         self.epoch_s.append(float(seconds))
         began = self.started.pop(trial.trial_id, None)
@@ -96,6 +120,7 @@ class DurationEstimate(ray_tune.Callback):
         path = self.settings.storage.local_dir / ESTIMATE_FILE
         if path.exists():  # a resumed search: the first command's estimate stands
             return
+        self.wrote = True
         write_json(
             path,
             {
@@ -113,6 +138,40 @@ class DurationEstimate(ray_tune.Callback):
                 "text": text,
             },
         )
+        self.settings.storage.push(ESTIMATE_FILE)
+
+    def say_again(self) -> None:
+        """The estimate again, from the search's own pace so far."""
+        timings = Timings(
+            epoch_s=self.seconds_done / self.epochs_done,
+            before_s=self.before_s,
+            trial_start_s=statistics.median(self.start_s) if self.start_s else 0.0,
+        )
+        elapsed = time.monotonic() - self.search_began
+        update = reestimate(timings, self.shape, elapsed, self.epochs_done)
+        logger.info(
+            "estimated again after %d trials reached epoch %d: %s left, %s for the whole "
+            "command (the search so far: %.0f trial epochs in %s, %.1f s each with %d at once)",
+            self.at_update_epoch,
+            self.update_epoch,
+            duration_text(update.left_s),
+            duration_text(update.total_s),
+            self.epochs_done,
+            duration_text(elapsed),
+            update.pace_s * max(1, self.shape.concurrency),
+            max(1, self.shape.concurrency),
+        )
+        path = self.settings.storage.local_dir / ESTIMATE_FILE
+        if not self.wrote or not path.exists():  # the update of the command that estimated
+            return
+        saved = json.loads(path.read_text())
+        saved["update"] = {
+            "estimated_s": update.total_s,
+            "at_s": self.before_s + elapsed,
+            "trial_epochs_done": self.epochs_done,
+            "pace_s": update.pace_s,
+        }
+        write_json(path, saved)
         self.settings.storage.push(ESTIMATE_FILE)
 
 

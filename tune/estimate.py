@@ -249,3 +249,36 @@ def summary(timings: Timings, shape: Shape, limit_s: float = LONG_S) -> tuple[Es
     )
     more = advice(timings, shape, est, limit_s)
     return est, text + (f"; {more}" if more else "")
+
+
+@dataclass(frozen=True)
+class Update:
+    """The whole command's duration estimated again once the search has run a while: what
+    is left at the pace the search really kept (its wall seconds per trial epoch, with the
+    time between trials, the load and the networks it drew), added to what has passed."""
+
+    total_s: float  # the whole command, from its start
+    left_s: float  # from now to its end
+    pace_s: float  # wall seconds per trial epoch the search kept, all trials at once together
+
+
+def reestimate(
+    timings: Timings, shape: Shape, search_elapsed_s: float, epochs_done: float
+) -> Update:
+    """The estimate again `search_elapsed_s` into the search, after `epochs_done` trial
+    epochs (decay branches counted by their length). `timings.epoch_s` is the mean epoch so
+    far: a sum of epochs is what the time is. The search's remaining epochs go at its own
+    pace; the finalists' whole runs at the same pace per epoch; the retrains at the epoch."""
+    est = estimate(timings, shape)
+    pace = search_elapsed_s / max(epochs_done, 1.0)
+    at_once = max(1, shape.concurrency)
+    if est.capped:  # the budget ends the search (its clock counts from the search's start)
+        search_left = max(0.0, est.search_s - search_elapsed_s)
+    else:
+        expected = shape.trials * est.trial_epochs
+        search_left = max(0.0, expected - epochs_done) * pace
+    # A finalist's epoch, `at_once` running together, takes `pace x at_once` of wall time.
+    slowdown = pace * at_once / timings.epoch_s if timings.epoch_s > 0 else 1.0
+    left = search_left + est.finalists_s * max(1.0, slowdown) + est.retrain_s
+    total = timings.before_s + search_elapsed_s + left
+    return Update(total_s=total, left_s=left, pace_s=pace)

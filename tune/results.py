@@ -550,10 +550,15 @@ def duration_sentence(duration: dict[str, Any]) -> str:
         return text + "; the command has not finished."
     if duration.get("resumed"):
         return text + f"; this command (a resumed search) took {actual / 60:.1f} min."
-    return text + (
-        f"; it took {actual / 60:.1f} min ({(estimated - actual) / actual:+.0%} off). "
-        + f"The estimate as printed: {duration.get('text', '')}."
-    )
+    text += f"; it took {actual / 60:.1f} min ({(estimated - actual) / actual:+.0%} off)."
+    update = duration.get("update")
+    if update:
+        again = update["estimated_s"]
+        text += (
+            f" Estimated again {update['at_s'] / 60:.1f} min in, at the search's own pace: "
+            f"{again / 60:.1f} min ({(again - actual) / actual:+.0%} off)."
+        )
+    return text + f" The estimate as first printed: {duration.get('text', '')}."
 
 
 def _retrain_lines(final: dict[str, Any]) -> list[str]:
