@@ -141,7 +141,10 @@ class DurationEstimate(ray_tune.Callback):
         self.settings.storage.push(ESTIMATE_FILE)
 
     def say_again(self) -> None:
-        """The estimate again, from the search's own pace so far."""
+        """The estimate again, from the search's own pace so far. Not in a resumed search:
+        its epochs before the resume are not in this run's count or clock."""
+        if not self.wrote:
+            return
         timings = Timings(
             epoch_s=self.seconds_done / self.epochs_done,
             before_s=self.before_s,
