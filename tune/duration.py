@@ -165,7 +165,7 @@ class DurationEstimate(ray_tune.Callback):
             max(1, self.shape.concurrency),
         )
         path = self.settings.storage.local_dir / ESTIMATE_FILE
-        if not self.wrote or not path.exists():  # the update of the command that estimated
+        if not path.exists():
             return
         saved = json.loads(path.read_text())
         saved["update"] = {

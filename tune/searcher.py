@@ -163,20 +163,25 @@ class StudySearcher(Searcher):
         brackets = getattr(self, "brackets", ())  # a searcher pickled before brackets existed
         if not brackets:
             return {"rung_epochs": list(self.rung_epochs)}
-        bracket = choose_bracket(brackets, self.seed, number)
-        rungs = brackets[bracket].rungs
-        if self.deadline is not None and rungs and not self.deadline.can_reach_first_rung(rungs[0]):
-            bracket = min(
-                range(len(brackets)),
-                key=lambda b: brackets[b].rungs[0] if brackets[b].rungs else self.max_epochs,
-            )
+
+        def first_rung(b: int) -> int:
+            return brackets[b].rungs[0] if brackets[b].rungs else self.max_epochs
+
+        bracket = drawn = choose_bracket(brackets, self.seed, number)
+        deadline = self.deadline
+        if (
+            deadline
+            and brackets[drawn].rungs
+            and not deadline.can_reach_first_rung(first_rung(drawn))
+        ):
+            bracket = min(range(len(brackets)), key=first_rung)
             logger.info(
-                "trial %d runs in ASHA bracket %d (first rung at epoch %s): its drawn bracket's "
+                "trial %d runs in ASHA bracket %d (first rung at epoch %d): its drawn bracket's "
                 "first rung (epoch %d) would come after the trials stop",
                 number,
                 bracket,
-                brackets[bracket].rungs[0] if brackets[bracket].rungs else self.max_epochs,
-                rungs[0],
+                first_rung(bracket),
+                first_rung(drawn),
             )
         return {BRACKET_KEY: bracket, "rung_epochs": list(brackets[bracket].rungs)}
 
