@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,7 @@ from training import train as train_cli
 from training.checkpoint import load_checkpoint, save_checkpoint
 from tune import runner
 from tune import search as search_cli
+from tune.callbacks import drop_repeated_epochs
 
 # --- faults inside trials: a killed worker, a NaN loss, an out-of-memory error ---------------
 
@@ -131,6 +134,103 @@ def test_the_study_records_failures_against_their_region_and_the_restarted_trial
     assert list(table.sort_values("config/trial_number")["optuna_state"]) == [
         states[n] for n in sorted(states)
     ]
+
+
+# --- a trial that starts again lists each epoch once ----------------------------------------
+
+
+def _write_ray_results(folder: Path, epochs: list[int], run: str, json_too: bool = True) -> None:
+    """result.json and progress.csv as Ray's JSON and CSV loggers write them (a CSV field
+    with a comma and a newline, as an error message may have)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if json_too:
+        with open(folder / "result.json", "a") as f:
+            for epoch in epochs:
+                f.write(json.dumps({"run": run, "training_iteration": epoch}) + "\n")
+    new = not (folder / "progress.csv").exists()
+    with open(folder / "progress.csv", "a") as f:
+        writer = csv.DictWriter(f, ["run", "note", "training_iteration"])
+        if new:
+            writer.writeheader()
+        for epoch in epochs:
+            writer.writerow({"run": run, "note": "a, b\nc", "training_iteration": epoch})
+
+
+def _file_rows(folder: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(epoch, run) of each row of result.json, and of progress.csv."""
+    with open(folder / "progress.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(row["note"] == "a, b\nc" for row in rows)
+    return (
+        [(r["training_iteration"], r["run"]) for r in read_results(folder)],
+        [(int(row["training_iteration"]), row["run"]) for row in rows],
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "again", "kept"),
+    [
+        ([1, 2, 3], 3, [1, 2]),  # resumed from epoch 2's checkpoint: epoch 3 again
+        ([1, 2, 3, 4], 3, [1, 2]),  # two epochs past the checkpoint
+        ([1, 2], 1, []),  # no checkpoint: started over
+        ([1, 2], 3, [1, 2]),  # continued where it stopped: nothing to drop
+    ],
+)
+def test_a_trial_started_again_keeps_one_row_per_epoch_while_ray_appends(
+    tmp_path: Path, before: list[int], again: int, kept: list[int]
+) -> None:
+    folder = tmp_path / "trial_x"
+    _write_ray_results(folder, before, "first")
+    # Ray's JSON logger opened the file for appending when the trial started again.
+    with open(folder / "result.json", "a") as appending:
+        _write_ray_results(folder, [again], "again")
+        drop_repeated_epochs(folder, again)
+        appending.write(json.dumps({"run": "again", "training_iteration": again + 1}) + "\n")
+    _write_ray_results(folder, [again + 1], "again", json_too=False)
+    expected = [(e, "first") for e in kept] + [(again, "again"), (again + 1, "again")]
+    assert _file_rows(folder) == (expected, expected)
+
+
+def test_rows_are_dropped_only_behind_the_result_just_written(tmp_path: Path) -> None:
+    folder = tmp_path / "trial_x"
+    _write_ray_results(folder, [1, 2, 3], "first")
+    assert drop_repeated_epochs(folder, 2) == 0  # the last row is not epoch 2's: not ours
+    rows = [(e, "first") for e in (1, 2, 3)]
+    assert _file_rows(folder) == (rows, rows)
+    assert drop_repeated_epochs(tmp_path / "none", 2) == 0
+
+
+@pytest.mark.slow
+def test_a_trial_restarted_without_a_checkpoint_lists_each_epoch_once(tmp_path: Path) -> None:
+    """The default --checkpoint-every (60 s) outlasts a tiny trial: killed after epoch 2, the
+    trial starts over, and Ray's loggers append to the rows of its first start."""
+    data = write_python_batches(tmp_path / "data", n_train=400, n_test=100)
+    args = [
+        "--space", "tiny", "--data", str(data), "--num-samples", "2", "--max-epochs", "4",
+        "--grace-period", "4", "--subset", "200", "--finalists", "0", "--skip-retrain",
+        "--storage-path", str(tmp_path / "exp"), "--name", "again",
+    ]  # fmt: skip
+    faults = [{"kind": "kill", "trial": 1, "epoch": 2}]
+    run = search(args, tmp_path / "run", env={"RESNET_TUNE_FAULTS": json.dumps(faults)})
+    check_ok(run)
+    # The kill lands inside epoch 3 or 4 (KILL_DELAY_S after epoch 2's report).
+    output = run.stdout + run.stderr
+    assert re.search(r"started again at epoch 1: [23] earlier result row", output), [
+        line for line in output.splitlines() if "again" in line or "Kill" in line
+    ]
+    exp = tmp_path / "exp" / "again"
+    table = read_table(exp)
+    study = optuna.load_study(study_name="again", storage=f"sqlite:///{exp}/study.db")
+    for row in table.to_dict("records"):
+        folder = Path(row["path"])
+        results = read_results(folder)
+        assert [r["training_iteration"] for r in results] == [1, 2, 3, 4], row["trial_id"]
+        with open(folder / "progress.csv", newline="") as f:
+            assert [int(r["training_iteration"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+        trial = study.trials[int(row["config/trial_number"])]
+        assert trial.intermediate_values == {r["training_iteration"]: r["val_acc"] for r in results}
+        scalars, _ = tensorboard(folder)
+        assert [s for s, _ in scalars["val/acc"]] == [1, 2, 3, 4]
 
 
 # --- every file the project writes appears whole or not at all ------------------------------

@@ -4,13 +4,18 @@
   or made) stops that run as soon as its trial loop starts, through Ray Tune's own graceful
   stop (tune.interrupt);
 - StateSnapshots: a last good copy of each of the experiment's state files as the run goes
-  (tune.state_files), from which a resume restores a file that a kill left damaged.
+  (tune.state_files), from which a resume restores a file that a kill left damaged;
+- OneRowPerEpoch: a trial that starts again trains again the epochs since its checkpoint;
+  its results list each of them once.
 
 A restored Tuner brings the callbacks it was pickled with; `with_project_callbacks` puts
 fresh ones in their place, so an experiment started by an older version gets them too."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import signal
 from pathlib import Path
@@ -82,8 +87,102 @@ class StateSnapshots(Callback):
         return None  # nothing of ours to save in Ray's experiment state
 
 
+class OneRowPerEpoch(Callback):
+    """A trial that starts again (Ray retrying it after its worker died, or a resumed
+    experiment) trains again the epochs since its last checkpoint, all of them without one.
+    Ray's loggers keep its results in the driver's staging folder (synced to storage) and
+    append to what is there: the results a retry left, or the copy of the stored ones a
+    resume fetches, which may run past the checkpoint (--checkpoint-every, or a kill between
+    a report and Ray's next save of the experiment state). So after the first result of each
+    start, that result's epoch and any after it are dropped from the earlier rows: each epoch
+    is listed once, as the run whose weights went on trained it (the study and the results
+    table keep that one too: tune.study.record_epoch)."""
+
+    def __init__(self) -> None:
+        self._started: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_started": set()}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._started.add(trial.trial_id)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        if trial.trial_id not in self._started:
+            return
+        self._started.discard(trial.trial_id)
+        epoch = result.get("training_iteration")
+        if trial.local_path is None or epoch is None:
+            return
+        folder = Path(trial.local_path)
+        try:
+            dropped = drop_repeated_epochs(folder, int(epoch))
+        except OSError as e:
+            logger.warning("could not drop the repeated epochs from %s: %s", folder, e)
+            return
+        if dropped:
+            logger.info(
+                "trial %s started again at epoch %d: %d earlier result row(s) of that epoch "
+                "or later dropped from its results",
+                trial.trial_id,
+                epoch,
+                dropped,
+            )
+
+
+def _rewrite_in_place(path: Path, text: str) -> None:
+    # In place, not through a rename: Ray's loggers hold the file open for appending and
+    # would go on writing to the file renamed over.
+    with open(path, "r+", newline="") as f:
+        f.write(text)
+        f.truncate()
+
+
+def _json_epoch(line: str) -> float | None:
+    try:
+        return float(json.loads(line)["training_iteration"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def drop_repeated_epochs(folder: Path, epoch: int) -> int:
+    """In the trial folder's result.json and progress.csv, whose last row reports `epoch`:
+    drop the earlier rows of `epoch` or later. The rows dropped from result.json."""
+    dropped = 0
+    results = folder / "result.json"
+    if results.is_file():
+        lines = results.read_text().splitlines(keepends=True)
+        if lines and _json_epoch(lines[-1]) == epoch:
+            kept = [line for line in lines[:-1] if (_json_epoch(line) or 0) < epoch]
+            dropped = len(lines) - 1 - len(kept)
+            if dropped:
+                _rewrite_in_place(results, "".join([*kept, lines[-1]]))
+    progress = folder / "progress.csv"
+    if progress.is_file():
+        with open(progress, newline="") as f:
+            rows = list(csv.reader(f))
+        column = rows[0].index("training_iteration") if rows and rows[0] else -1
+        if column >= 0 and len(rows) > 1:
+
+            def row_epoch(row: list[str]) -> float | None:
+                try:
+                    return float(row[column])
+                except (IndexError, ValueError):
+                    return None
+
+            if row_epoch(rows[-1]) == epoch:
+                kept = [row for row in rows[1:-1] if (row_epoch(row) or 0) < epoch]
+                if len(kept) < len(rows) - 2:
+                    buffer = io.StringIO()
+                    csv.writer(buffer).writerows([rows[0], *kept, rows[-1]])  # Ray's dialect
+                    _rewrite_in_place(progress, buffer.getvalue())
+    return dropped
+
+
 def project_callbacks(root: str | Path) -> list[Callback]:
-    return [StopWhenSignalled(), StateSnapshots(root)]
+    return [StopWhenSignalled(), StateSnapshots(root), OneRowPerEpoch()]
 
 
 def with_project_callbacks(tuner: Any, root: str | Path) -> Any:
@@ -92,7 +191,7 @@ def with_project_callbacks(tuner: Any, root: str | Path) -> Any:
     kept = [
         c
         for c in (run_config.callbacks or [])
-        if not isinstance(c, (StopWhenSignalled, StateSnapshots))
+        if not isinstance(c, (StopWhenSignalled, StateSnapshots, OneRowPerEpoch))
     ]
     run_config.callbacks = kept + project_callbacks(root)
     return tuner
