@@ -202,20 +202,21 @@ def test_rows_are_dropped_only_behind_the_result_just_written(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_a_trial_restarted_without_a_checkpoint_lists_each_epoch_once(tmp_path: Path) -> None:
-    """The default --checkpoint-every (60 s) outlasts a tiny trial: killed after epoch 2, the
+    """The default --checkpoint-every (60 s) outlasts a tiny trial: killed after epoch 1, the
     trial starts over, and Ray's loggers append to the rows of its first start."""
     data = write_python_batches(tmp_path / "data", n_train=400, n_test=100)
     args = [
-        "--space", "tiny", "--data", str(data), "--num-samples", "2", "--max-epochs", "4",
-        "--grace-period", "4", "--subset", "200", "--finalists", "0", "--skip-retrain",
+        "--space", "tiny", "--data", str(data), "--num-samples", "2", "--max-epochs", "8",
+        "--grace-period", "8", "--subset", "200", "--finalists", "0", "--skip-retrain",
         "--storage-path", str(tmp_path / "exp"), "--name", "again",
     ]  # fmt: skip
-    faults = [{"kind": "kill", "trial": 1, "epoch": 2}]
+    faults = [{"kind": "kill", "trial": 1, "epoch": 1}]
     run = search(args, tmp_path / "run", env={"RESNET_TUNE_FAULTS": json.dumps(faults)})
     check_ok(run)
-    # The kill lands inside epoch 3 or 4 (KILL_DELAY_S after epoch 2's report).
+    # The kill lands KILL_DELAY_S after epoch 1's report: a tiny epoch takes about as long,
+    # so one to a few epochs later, well before the trial's end.
     output = run.stdout + run.stderr
-    assert re.search(r"started again at epoch 1: [23] earlier result row", output), [
+    assert re.search(r"started again at epoch 1: \d earlier result row", output), [
         line for line in output.splitlines() if "again" in line or "Kill" in line
     ]
     exp = tmp_path / "exp" / "again"
@@ -224,13 +225,14 @@ def test_a_trial_restarted_without_a_checkpoint_lists_each_epoch_once(tmp_path: 
     for row in table.to_dict("records"):
         folder = Path(row["path"])
         results = read_results(folder)
-        assert [r["training_iteration"] for r in results] == [1, 2, 3, 4], row["trial_id"]
+        epochs = list(range(1, 9))
+        assert [r["training_iteration"] for r in results] == epochs, row["trial_id"]
         with open(folder / "progress.csv", newline="") as f:
-            assert [int(r["training_iteration"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+            assert [int(r["training_iteration"]) for r in csv.DictReader(f)] == epochs
         trial = study.trials[int(row["config/trial_number"])]
         assert trial.intermediate_values == {r["training_iteration"]: r["val_acc"] for r in results}
         scalars, _ = tensorboard(folder)
-        assert [s for s, _ in scalars["val/acc"]] == [1, 2, 3, 4]
+        assert [s for s, _ in scalars["val/acc"]] == epochs
 
 
 # --- every file the project writes appears whole or not at all ------------------------------
