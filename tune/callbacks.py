@@ -18,8 +18,9 @@ import io
 import json
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ray.tune import Callback
 
@@ -27,6 +28,8 @@ from tune import interrupt
 from tune.state_files import SNAPSHOT_DIR, keep_good_copies
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class StopWhenSignalled(Callback):
@@ -147,6 +150,14 @@ def _json_epoch(line: str) -> float | None:
         return None
 
 
+def _without_repeats(rows: list[T], epoch_of: Callable[[T], float | None], epoch: int) -> list[T]:
+    """`rows` without the earlier ones of `epoch` or later, where the last row reports
+    `epoch`; `rows` itself otherwise."""
+    if not rows or epoch_of(rows[-1]) != epoch:
+        return rows
+    return [*(row for row in rows[:-1] if (epoch_of(row) or 0) < epoch), rows[-1]]
+
+
 def drop_repeated_epochs(folder: Path, epoch: int) -> int:
     """In the trial folder's result.json and progress.csv, whose last row reports `epoch`:
     drop the earlier rows of `epoch` or later. The rows dropped from result.json."""
@@ -154,17 +165,16 @@ def drop_repeated_epochs(folder: Path, epoch: int) -> int:
     results = folder / "result.json"
     if results.is_file():
         lines = results.read_text().splitlines(keepends=True)
-        if lines and _json_epoch(lines[-1]) == epoch:
-            kept = [line for line in lines[:-1] if (_json_epoch(line) or 0) < epoch]
-            dropped = len(lines) - 1 - len(kept)
-            if dropped:
-                _rewrite_in_place(results, "".join([*kept, lines[-1]]))
+        kept = _without_repeats(lines, _json_epoch, epoch)
+        dropped = len(lines) - len(kept)
+        if dropped:
+            _rewrite_in_place(results, "".join(kept))
     progress = folder / "progress.csv"
     if progress.is_file():
         with open(progress, newline="") as f:
-            rows = list(csv.reader(f))
-        column = rows[0].index("training_iteration") if rows and rows[0] else -1
-        if column >= 0 and len(rows) > 1:
+            header, *rows = list(csv.reader(f)) or [[]]
+        if "training_iteration" in header:
+            column = header.index("training_iteration")
 
             def row_epoch(row: list[str]) -> float | None:
                 try:
@@ -172,12 +182,11 @@ def drop_repeated_epochs(folder: Path, epoch: int) -> int:
                 except (IndexError, ValueError):
                     return None
 
-            if row_epoch(rows[-1]) == epoch:
-                kept = [row for row in rows[1:-1] if (row_epoch(row) or 0) < epoch]
-                if len(kept) < len(rows) - 2:
-                    buffer = io.StringIO()
-                    csv.writer(buffer).writerows([rows[0], *kept, rows[-1]])  # Ray's dialect
-                    _rewrite_in_place(progress, buffer.getvalue())
+            kept_rows = _without_repeats(rows, row_epoch, epoch)
+            if len(kept_rows) < len(rows):
+                buffer = io.StringIO()
+                csv.writer(buffer).writerows([header, *kept_rows])  # Ray's dialect
+                _rewrite_in_place(progress, buffer.getvalue())
     return dropped
 
 
