@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
-from training.data import CifarData, make_splits
+from training.data import CifarData, TooFewTrainingImages, make_splits
 from tune.cli import FULL, REDUCED, UsageError, build_parser
 from tune.rungs import default_grace_period
 from tune.settings import SearchSettings, open_storage, resolve_settings
@@ -58,6 +58,20 @@ def test_a_subset_of_the_search_keeps_the_whole_test_split():
     splits = make_splits(data, 100, subset=80, seed=0, subset_test=False)
     assert len(splits.train) == 80 and len(splits.val) == 20 and len(splits.test) == 300
     assert len(make_splits(data, 100, subset=80, seed=0).test) == 80  # training.train's way
+
+
+def test_a_subset_larger_than_the_training_images_is_all_of_them():
+    """The reduced run's default --subset (5,000) on a smaller dataset: all of its images,
+    a quarter of them held out for validation."""
+    data = CifarData(train=separable_set(400), test=separable_set(100, seed=1), source="x")
+    splits = make_splits(data, 5000, subset=5000, seed=0, subset_test=False)
+    assert len(splits.train) == 300 and len(splits.val) == 100 and len(splits.test) == 100
+
+
+def test_too_few_training_images_for_the_validation_split_are_refused():
+    data = CifarData(train=separable_set(400), test=separable_set(100, seed=1), source="x")
+    with pytest.raises(TooFewTrainingImages, match="x has 400 training images.*5,000"):
+        make_splits(data, 5000, seed=0)
 
 
 def test_settings_from_another_version_are_refused_with_a_clear_error(tmp_path):

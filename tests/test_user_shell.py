@@ -59,14 +59,16 @@ def test_start_ray_after_ray_was_imported_in_every_auth_mode(tmp_path: Path, mod
 
 def test_a_search_runs_in_a_users_shell(tmp_path: Path):
     """`python -m tune.search` end to end (a tiny space and data, its retrain and report)
-    with no RAY_* variable and a new HOME: Ray's token authentication on, made by Ray."""
+    with no RAY_* variable and a new HOME: Ray's token authentication on, made by Ray. No
+    --subset: the reduced run's default (5,000) on fewer images takes them all."""
     data = write_python_batches(tmp_path / "data", n_train=400, n_test=100)
     args = ["-m", "tune.search"] + cli(
-        space="tiny", data=data, num_samples=2, max_epochs=2, subset=300,
+        space="tiny", data=data, num_samples=2, max_epochs=2,
         storage_path=tmp_path / "exp", name="user", retrain_seeds=1,
     )  # fmt: skip
     run = run_as_user(args, tmp_path / "run", tmp_path / "home", 300)
     check_ok(run)
+    assert "300 train / 100 val images" in run.stdout + run.stderr
     exp = tmp_path / "exp" / "user"
     table = pd.read_parquet(exp / "trials.parquet")
     assert len(table[table["role"] == "search"]) == 2

@@ -41,6 +41,7 @@ __all__ = [
     "CLASSES",
     "DEFAULT_CACHE",
     "DEFAULT_VAL_SIZE",
+    "TooFewTrainingImages",
     "CifarData",
     "DataError",
     "DataSplits",
@@ -135,6 +136,11 @@ class SubsetSizes:
     test: int
 
 
+class TooFewTrainingImages(DataError):
+    """The training images cannot give the validation split and leave some to train on: each
+    command says which of its options fixes it."""
+
+
 def subset_sizes(subset: int | None, val_size: int, test_size: int) -> SubsetSizes | None:
     """A subset of N images: train on N, validate on N/4 (at most val_size), test on N."""
     if subset is None:
@@ -152,10 +158,17 @@ def make_splits(
     """Carve the seeded, stratified validation split out of the training images; with
     `subset`, keep a stratified subset of each split (see `subset_sizes`), or of the training
     and validation splits only when `subset_test` is False."""
-    sizes = subset_sizes(subset, val_size, len(data.test))
-    train_set, val_set = split_train_val(
-        data.train, val_size if sizes is None else sizes.val, seed=seed
+    # A subset larger than the training images is all of them (its validation share too).
+    sizes = subset_sizes(
+        None if subset is None else min(subset, len(data.train)), val_size, len(data.test)
     )
+    held_out = val_size if sizes is None else sizes.val
+    if held_out >= len(data.train):
+        raise TooFewTrainingImages(
+            f"{data.source} has {len(data.train):,} training images: too few to hold out "
+            f"{held_out:,} for validation and train on the rest"
+        )
+    train_set, val_set = split_train_val(data.train, held_out, seed=seed)
     test_set = data.test
     if sizes is not None:
         train_set = subset_stratified(train_set, min(sizes.train, len(train_set)), seed)

@@ -17,7 +17,13 @@ from typing import Any
 from models import count_params, get_arch
 from training.checkpoint import CheckpointError, configs_from_checkpoint, load_checkpoint
 from training.config import fit_batch_to_data
-from training.data import DataError, fingerprint, load_cifar10, make_splits
+from training.data import (
+    DataError,
+    TooFewTrainingImages,
+    fingerprint,
+    load_cifar10,
+    make_splits,
+)
 from training.logs import add_verbosity_flags, configure_logging, level_from_flags
 from training.loop import resolve_device
 from training.precision import (
@@ -133,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 "start a new run with another --out"
             )
         splits = make_splits(data, split["val_size"], split["subset"], seed=split["seed"])
+    except TooFewTrainingImages as e:
+        logger.error("%s: pass a smaller --val-size, or --subset N (N/4 of it validates)", e)
+        return 2
     except DataError as e:
         logger.error(e)
         return 2

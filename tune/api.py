@@ -202,7 +202,14 @@ def _search(
         except UnsupportedGpuError as e:
             raise SearchError(str(e)) from e
 
-    from training.data import DEFAULT_VAL_SIZE, DataError, load_cifar10, load_images, make_splits
+    from training.data import (
+        DEFAULT_VAL_SIZE,
+        DataError,
+        TooFewTrainingImages,
+        load_cifar10,
+        load_images,
+        make_splits,
+    )
     from training.logs import project_level
     from tune.faults import pause_at
     from tune.finalize import (
@@ -274,12 +281,18 @@ def _search(
         raise SearchError(str(e)) from e
     if settings.reduced:
         logger.info("reduced run: %s", settings.reduced)
+    # --subset trims what the trials train and validate on; the test split stays whole.
+    # Split before the settings are saved: data too small for them leaves no experiment.
+    try:
+        splits = make_splits(
+            data, DEFAULT_VAL_SIZE, settings.subset, seed=settings.seed, subset_test=False
+        )
+    except TooFewTrainingImages as e:
+        raise SearchError(
+            f"{e}: pass --subset N (then N/4 of them are held out for validation)"
+        ) from e
     save_settings(settings)
     started.append(settings.name)
-    # --subset trims what the trials train and validate on; the test split stays whole.
-    splits = make_splits(
-        data, DEFAULT_VAL_SIZE, settings.subset, seed=settings.seed, subset_test=False
-    )
     count = "" if settings.unlimited else f"{settings.num_samples} "
     limit = f" for at most {settings.time_budget_s / 60:.1f} min" if settings.time_budget_s else ""
     logger.info(
