@@ -502,3 +502,34 @@ def test_setup_says_how_far_its_long_install_has_come(tmp_path: Path) -> None:
     # A line every second of the 6 s install (at least two, however loaded the machine).
     assert sum(line.startswith("setup: installing: ") for line in lines) >= 2, ran.stdout
     assert "s so far, .venv holds" in ran.stdout
+
+
+def test_data_too_small_for_the_validation_split_is_refused_naming_the_fix(tmp_path: Path):
+    """--full holds out 5,000 validation images: on 300 the command says so, names --subset
+    and writes no experiment (a rerun with the same name starts afresh)."""
+    data = write_python_batches(tmp_path / "data", n_train=300, n_test=100)
+    args = cli(space="tiny", data=data, full=True, storage_path=tmp_path / "exp", name="small")
+    run = search(args, tmp_path / "run")
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "300 training images: too few to hold out 5,000" in run.stderr
+    assert "pass --subset N" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "exp" / "small").exists()
+
+
+def test_the_trial_count_shown_is_the_configurations_asked_for() -> None:
+    """The searcher counts --num-samples (Ray's own count is unlimited): the progress shows
+    the configurations asked for, and no count with --time-budget alone."""
+    import types
+
+    from tune.trial_table import TrialTable, trial_line
+
+    unlimited = sys.maxsize  # what Ray makes of num_samples=-1
+    counted, timed, fixed = TrialTable(6), TrialTable(), TrialTable()
+    counted.setup(total_samples=unlimited)
+    timed.setup(total_samples=unlimited)
+    fixed.setup(total_samples=5)  # the seed baselines: Ray's count is theirs
+    trial = types.SimpleNamespace(
+        last_result={"training_iteration": 2}, config={}, status="TERMINATED", trial_id="t1"
+    )
+    lines = [trial_line(trial, 1, t._total_samples) for t in (counted, timed, fixed)]
+    assert [line.split()[0] for line in lines] == ["[1/6]", "[1]", "[1/5]"]

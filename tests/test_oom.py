@@ -116,3 +116,89 @@ def test_the_searcher_runs_the_configuration_again_alone_before_calling_it_infea
     assert trial.state == TrialState.PRUNED and trial.constraints
     assert trial.user_attrs["ray_trial_id"] == "b"
     assert resumed.suggest("c")["trial_number"] != first["trial_number"]  # something new
+
+
+def test_the_searcher_waits_for_running_trials_before_it_finishes(tmp_path):
+    """--num-samples counts configurations: with all of them given, the searcher waits (None)
+    while a trial runs, since one may still need its retry alone, and a retry is no new
+    configuration; FINISHED only once none runs. The wait survives a resumed searcher."""
+    from ray.tune.search import Searcher
+
+    searcher = _searcher(tmp_path)
+    searcher.configurations = 2
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert first["trial_number"] != second["trial_number"]
+    assert searcher.suggest("c") is None  # both given; a and b still run
+    searcher.on_trial_complete("a", _failure(first, retry=True))
+    searcher.save(str(tmp_path / "searcher.json"))
+    resumed = _searcher(tmp_path)
+    resumed.configurations = 2
+    resumed.restore(str(tmp_path / "searcher.json"))
+    assert resumed.suggest("d") == {**first, RETRY_ALONE_KEY: True}  # the retry, not a third
+    assert resumed.suggest("e") is None  # b and d still run
+    resumed.on_trial_complete("b", {"val_acc": 0.5, "training_iteration": 3})
+    assert resumed.suggest("f") is None  # d still runs
+    resumed.on_trial_complete("d", {"val_acc": 0.4, "training_iteration": 3})
+    assert resumed.suggest("g") == Searcher.FINISHED
+    study = optuna.load_study(study_name="oom", storage=study_url(searcher.storage))
+    assert len(study.trials) == 2 and all(t.state.is_finished() for t in study.trials)
+
+
+SEARCH_WITH_A_RETRY = """
+import json, sys
+from pathlib import Path
+import ray
+from ray import tune as ray_tune
+from tests.trialrun import small_splits
+from training.data import DataSplits
+from tune.cli import build_parser
+from tune.runner import make_tuner
+from tune.settings import resolve_settings
+from tune.storage import ExperimentStorage
+from tune.trainable import TrialResources, TrialSettings, run_trial, share_trial_data
+
+root = sys.argv[1]
+args = build_parser().parse_args(
+    ["--space", "tiny", "--num-samples", "3", "--max-epochs", "2", "--storage-path", root,
+     "--name", "retry"]
+)
+settings = resolve_settings(args, ExperimentStorage(root, "retry"), have_gpu=False)
+settings.storage.local_dir.mkdir(parents=True, exist_ok=True)
+ray.init(num_cpus=2, include_dashboard=False, address="local")
+# A CPU stand-in for trials that share a GPU: the trials judge sharing from their share.
+shared = TrialSettings(max_epochs=2, max_batch_size=32, use_gpu=False, threads=1, gpus=0.5)
+trainable = ray_tune.with_resources(
+    ray_tune.with_parameters(run_trial, data=share_trial_data(small_splits()), settings=shared),
+    TrialResources(cpus=1, gpus=0),
+)
+grid = make_tuner(settings, trainable, concurrency=2, verbose=0).fit()
+print("trial numbers:", json.dumps([r.config.get("trial_number") for r in grid]))
+"""
+
+
+@pytest.mark.slow
+def test_a_configuration_run_again_alone_is_not_another_of_num_samples(tmp_path):
+    """Ray Tune as the search sets it up: trial 0 runs out of memory beside the others and
+    runs again alone; the search still gives --num-samples configurations, then ends."""
+    import subprocess
+    import sys
+
+    from tests.searchrun import ROOT, end_leftovers, search_env
+
+    fault = {"kind": "cudnn_oom", "trial": 0, "epoch": 1, "shared_only": True}
+    env = search_env("oom-retry", {ENV: json.dumps([fault]), "PYTHONPATH": str(ROOT)})
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", SEARCH_WITH_A_RETRY, str(tmp_path)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        end_leftovers("oom-retry")
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = next(x for x in run.stdout.splitlines() if x.startswith("trial numbers:"))
+    numbers = json.loads(line.removeprefix("trial numbers:"))
+    assert sorted(numbers) == [0, 0, 1, 2]  # three configurations, the first one twice
+    study = optuna.load_study(
+        study_name="retry", storage=study_url(ExperimentStorage(str(tmp_path), "retry"))
+    )
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3

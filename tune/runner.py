@@ -258,9 +258,12 @@ def make_tuner(
             time_budget_s=settings.time_budget_s,
             reserve_rounds=finalist_rounds(settings, concurrency),
             warm_start=settings.warm_start,
+            configurations=None if settings.unlimited else settings.num_samples,
         )
         param_space = {}
-        num_samples = settings.num_samples
+        # The searcher says when the search has given its configurations: Ray would count
+        # a configuration run again alone (out of memory beside others) as another sample.
+        num_samples = -1
     return ray_tune.Tuner(
         trainable,
         param_space=param_space,
@@ -300,7 +303,9 @@ def make_tuner(
             if settings.time_budget_s
             else None,
             verbose=verbose,
-            progress_reporter=TrialTable(),
+            progress_reporter=TrialTable(
+                None if space.fixed_trials or settings.unlimited else settings.num_samples
+            ),
         ),
     )
 

@@ -56,8 +56,13 @@ class StudySearcher(Searcher):
         time_budget_s: float | None = None,
         reserve_rounds: int = 0,
         warm_start: str | None = None,
+        configurations: int | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode="max")
+        # --num-samples: how many configurations the study gives (None: until --time-budget
+        # ends the search). The searcher counts them, not Ray (whose num_samples is unlimited):
+        # a configuration run again alone after running out of memory is not a new sample.
+        self.configurations = configurations
         self.space, self.budget, self.seed, self.max_epochs = space, budget, seed, max_epochs
         self.storage_path, self.name = storage_path, name
         self.n_startup_trials = n_startup_trials
@@ -87,6 +92,11 @@ class StudySearcher(Searcher):
         # (Optuna trial number, config) of configurations that ran out of memory on a GPU
         # shared with other trials, to run again alone on a whole GPU before anything new.
         self._retry_alone: list[tuple[int, dict[str, Any]]] = []
+        # Ray trials suggested and not complete yet: once no new configuration may start,
+        # the search waits for them (any may still need its retry alone), then finishes,
+        # since Ray stops asking for trials once told FINISHED.
+        self._unfinished: set[str] = set()
+        self._said_no_new_trial = False
         self._study: optuna.Study | None = None
         self._live: dict[str, optuna.Trial] = {}  # Ray trial id -> its running Optuna trial
         self._pushed = 0.0
@@ -131,7 +141,33 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if getattr(self, "_retry_alone", None):
             return self._retry(trial_id)
-        if self.deadline is not None and not self.deadline.can_reach_first_rung():
+        if self._no_new_trial():
+            return None if self._unfinished_trials() else Searcher.FINISHED
+        trial, constants = ask_fitting(self.study, get_space(self.space), self.budget)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        for key, value in constants.items():
+            trial.set_user_attr(key, value)
+        self._numbers[trial_id] = trial.number
+        self._live[trial_id] = trial
+        self._unfinished_trials().add(trial_id)
+        return {
+            **trial.params,
+            **constants,
+            "seed": derive_seed(self.seed, trial.number),
+            "trial_number": trial.number,
+            **self._bracket_of(trial.number),
+        }
+
+    def _no_new_trial(self) -> bool:
+        """Whether the configurations are all given (--num-samples), or one started now would
+        not reach its first rung before --time-budget stops the trials."""
+        configurations = getattr(self, "configurations", None)
+        if configurations is not None and len(set(self._numbers.values())) >= configurations:
+            return True
+        if self.deadline is None or self.deadline.can_reach_first_rung():
+            return False
+        if not getattr(self, "_said_no_new_trial", False):
+            self._said_no_new_trial = True
             logger.info(
                 "no new trial: one started now would not reach its first rung (epoch %d, "
                 "%.0f s with its decay branch) before the trials stop (%.0f s into the "
@@ -140,20 +176,11 @@ class StudySearcher(Searcher):
                 self.deadline.first_rung_seconds(),
                 self.deadline.trials_stop_at_s(),
             )
-            return Searcher.FINISHED
-        trial, constants = ask_fitting(self.study, get_space(self.space), self.budget)
-        trial.set_user_attr("ray_trial_id", trial_id)
-        for key, value in constants.items():
-            trial.set_user_attr(key, value)
-        self._numbers[trial_id] = trial.number
-        self._live[trial_id] = trial
-        return {
-            **trial.params,
-            **constants,
-            "seed": derive_seed(self.seed, trial.number),
-            "trial_number": trial.number,
-            **self._bracket_of(trial.number),
-        }
+        return True
+
+    def _unfinished_trials(self) -> set[str]:
+        # A searcher pickled before the attribute existed (a resumed experiment) has none.
+        return self.__dict__.setdefault("_unfinished", set())
 
     def _bracket_of(self, number: int) -> dict[str, Any]:
         """The trial's bracket and the rungs it evaluates decay branches at. Near the end of a
@@ -199,6 +226,7 @@ class StudySearcher(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        self._unfinished_trials().discard(trial_id)
         number = self._numbers.get(trial_id)
         if number is None:
             return
@@ -229,6 +257,7 @@ class StudySearcher(Searcher):
         state: dict[str, Any] = {
             "numbers": self._numbers,
             "retry_alone": getattr(self, "_retry_alone", []),
+            "unfinished": sorted(self._unfinished_trials()),
         }
         if self.deadline is not None:
             state["epoch_seconds"] = self.deadline.seen
@@ -238,6 +267,7 @@ class StudySearcher(Searcher):
         saved = json.loads(Path(checkpoint_path).read_text())
         self._numbers = {trial_id: int(n) for trial_id, n in saved["numbers"].items()}
         self._retry_alone = [(int(n), dict(c)) for n, c in saved.get("retry_alone", [])]
+        self._unfinished = set(saved.get("unfinished", []))
         if self.deadline is not None:
             self.deadline.seen = [
                 RungDeadline.saved_epoch(x) for x in saved.get("epoch_seconds", [])
@@ -254,6 +284,7 @@ class StudySearcher(Searcher):
         trial.set_user_attr("ray_trial_id", trial_id)
         self._numbers[trial_id] = number
         self._live[trial_id] = trial
+        self._unfinished_trials().add(trial_id)
         logger.info("trial %d runs again alone on a whole GPU", number)
         return {**config, RETRY_ALONE_KEY: True}
 

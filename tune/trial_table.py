@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,7 +73,10 @@ class TrialTable(CLIReporter):
     """The table of trials with each one's main-run validation accuracy, and the current best
     trial by that accuracy."""
 
-    def __init__(self) -> None:
+    def __init__(self, configurations: int | None = None) -> None:
+        # --num-samples where the searcher counts the configurations (Ray's count is then
+        # unlimited); None: Ray's count, or none with a --time-budget.
+        self.configurations = configurations
         super().__init__(
             metric_columns=COLUMNS,
             parameter_columns=PARAMETERS,
@@ -81,6 +85,14 @@ class TrialTable(CLIReporter):
             print_intermediate_tables=True,
             max_report_frequency=REPORT_EVERY_S,
         )
+
+    def set_total_samples(self, total_samples: int | None) -> None:
+        configurations = getattr(self, "configurations", None)  # a reporter pickled before it
+        if configurations is not None:
+            total_samples = configurations
+        elif total_samples is not None and total_samples >= sys.maxsize:
+            total_samples = None  # Ray's unlimited count
+        super().set_total_samples(total_samples)
 
     def set_search_properties(self, metric: str | None, mode: str | None) -> bool:
         # The Tuner's metric (val_acc, what ASHA and the searcher judge) would replace the
