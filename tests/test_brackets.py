@@ -301,5 +301,11 @@ def test_near_the_time_budgets_end_a_trial_gets_a_bracket_whose_first_rung_it_ca
     assert 1 in drawn  # some were drawn into the second bracket ...
     assert {c["bracket"] for c in late} == {0}  # ... and run in the first
     assert all(c["rung_epochs"] == [2, 6] for c in late)
-    now[0] = 90.0  # 90 + 12 > 100: no trial at all
+    now[0] = 90.0  # 90 + 12 > 100: no new trial at all
+    assert searcher.suggest("x") is None  # the trials still run: any may need a retry alone
+    for epoch in (4, 5, 6):  # faster epochs seen after that do not bring new trials back
+        searcher.deadline.observe({"epoch_seconds": 0.1, "epoch": epoch, "val_acc": 0.5})
+    for trial_id in [f"e{i}" for i in range(12)] + [f"l{i}" for i in range(12)]:
+        assert searcher.suggest("x") is None
+        searcher.on_trial_complete(trial_id, {"val_acc": 0.5, "training_iteration": 15})
     assert searcher.suggest("x") == "FINISHED"

@@ -164,18 +164,19 @@ class StudySearcher(Searcher):
         configurations = getattr(self, "configurations", None)
         if configurations is not None and len(set(self._numbers.values())) >= configurations:
             return True
+        if getattr(self, "_said_no_new_trial", False):
+            return True  # final, as FINISHED would be, though epoch times seen later change
         if self.deadline is None or self.deadline.can_reach_first_rung():
             return False
-        if not getattr(self, "_said_no_new_trial", False):
-            self._said_no_new_trial = True
-            logger.info(
-                "no new trial: one started now would not reach its first rung (epoch %d, "
-                "%.0f s with its decay branch) before the trials stop (%.0f s into the "
-                "search: --time-budget less the finalists' reserve)",
-                self.deadline.first_rung,
-                self.deadline.first_rung_seconds(),
-                self.deadline.trials_stop_at_s(),
-            )
+        self._said_no_new_trial = True
+        logger.info(
+            "no new trial: one started now would not reach its first rung (epoch %d, "
+            "%.0f s with its decay branch) before the trials stop (%.0f s into the "
+            "search: --time-budget less the finalists' reserve)",
+            self.deadline.first_rung,
+            self.deadline.first_rung_seconds(),
+            self.deadline.trials_stop_at_s(),
+        )
         return True
 
     def _unfinished_trials(self) -> set[str]:
