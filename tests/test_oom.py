@@ -146,11 +146,9 @@ def test_the_searcher_waits_for_running_trials_before_it_finishes(tmp_path):
 
 SEARCH_WITH_A_RETRY = """
 import json, sys
-from pathlib import Path
 import ray
 from ray import tune as ray_tune
 from tests.trialrun import small_splits
-from training.data import DataSplits
 from tune.cli import build_parser
 from tune.runner import make_tuner
 from tune.settings import resolve_settings
